@@ -1,0 +1,47 @@
+"""tfcmir: music audio embeddings from multiple cross-modal contrastive learning.
+
+Pins follow ../shared/STACK.md (the set verified to work together on CPython 3.11, x86-64).
+"""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "tensorflow==2.21.0",  # not tensorflow-cpu: one wheel runs everywhere; mixing both corrupts
+    "keras==3.15.1",
+    "numpy>=2.4,<2.5",
+    "scipy>=1.13",
+    "gensim==4.4.0",
+    "scikit-learn>=1.9,<1.10",
+    "annoy==1.17.3",
+    "absl-py==2.5.1",
+    "iterative-stratification==0.1.9",
+    "soundfile==0.14.0",
+    "soxr>=1.1,<1.2",
+    "tqdm>=4.66",
+]
+
+SERVING = [
+    "tensorflow-serving-api==2.21.0",  # PredictionLog protos for TF Serving warm-up files
+    "ai-edge-litert==2.3.0",           # the TFLite runtime an app uses, without TensorFlow
+]
+
+EXTRAS = {
+    "serving": SERVING,
+    "beam": ["apache-beam[tfrecord]==2.77.0"],
+    # Essentia's pip build is a pre-release; the exact pin lets pip take it without --pre.
+    "test": ["pytest>=8", "essentia-tensorflow==2.1b6.dev1389"] + SERVING,
+}
+
+setup(
+    name="tfcmir",
+    version="0.1.0",
+    description="Music audio embeddings from multiple cross-modal contrastive learning "
+                "(Ferraro et al., IEEE SPL 2021) in TensorFlow/Keras",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tfcmir", "tfcmir.*"]),
+    python_requires=">=3.11,<3.12",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    license="Apache-2.0",
+)

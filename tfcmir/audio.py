@@ -1,0 +1,220 @@
+"""Audio front end: decode, mix to mono, resample, and the Melon mel-spectrogram.
+
+The Melon Playlist Dataset's mels were computed with Essentia (16 kHz, frame 512, hop 256, Hann window,
+48 slaney-mel bands with unit-triangle normalisation, power spectrum, then dB). `MelSpectrogram` is that
+chain as a Keras layer built on `tf.signal`, so the same code makes the training data (demo generator,
+your own catalogue), runs inside the exported SavedModel and converts to TFLite builtins.
+
+What it reproduces of Essentia, and why each detail matters (see tests/test_audio.py for the check):
+  * `FrameCutter(startFromZero=False)`: the first frame is centred on sample 0 (frame_size/2 zeros in
+    front) and frames continue while their start lies inside the signal: ceil((n + F/2) / H) frames.
+  * `Windowing(type='hann')`: a *symmetric* Hann window scaled to sum to 2 (`normalized=True`); a
+    periodic window costs ~0.3 dB, an unscaled one ~84 dB.
+  * `MelBands(type='power', normalize='unit_tri', warpingFormula='slaneyMel')`: |rfft|^2 times a slaney
+    filterbank with area normalisation (tf.signal's own matrix is HTK-mel and unnormalised).
+  * `UnaryOperator(type='lin2db', scale=2)`: 20*log10(power), with Essentia's silence floor: powers
+    below 1e-10 map to -200 dB.
+
+Array layout: the layer returns time-major (batch, frames, bands), what the encoders take; the Melon
+files store the transpose, (bands, frames).
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import soundfile as sf
+import soxr
+import tensorflow as tf
+
+SAMPLE_RATE = 16000
+FRAME_SIZE = 512
+HOP_SIZE = 256
+NUM_BANDS = 48
+POWER_FLOOR = 1e-10  # Essentia's lin2db silence cutoff: 20*log10(1e-10) = -200 dB.
+DB_FLOOR = -200.0
+
+# A file whose peak is below one 16-bit LSB (-90 dBFS) holds no music: refuse it rather than embed noise.
+SILENCE_PEAK = 10 ** (-90 / 20)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+
+
+class AudioError(ValueError):
+  """An audio file that cannot be used; the message names the file and the problem."""
+
+  def __init__(self, path, problem):
+    super().__init__(f"{path}: {problem}")
+    self.path = str(path)
+    self.problem = problem
+
+
+def check_waveform(waveform, path="<waveform>", allow_silence=False):
+  """Validates a decoded mono waveform; raises AudioError naming `path`."""
+  if waveform.size == 0:
+    raise AudioError(path, "contains no audio samples (empty file)")
+  if not np.all(np.isfinite(waveform)):
+    bad = int(np.sum(~np.isfinite(waveform)))
+    raise AudioError(path, f"contains {bad} non-finite samples (NaN or Inf)")
+  peak = float(np.max(np.abs(waveform)))
+  if not allow_silence and peak < SILENCE_PEAK:
+    raise AudioError(path, f"is silent (peak amplitude {peak:.3g}, below -90 dBFS)")
+  return waveform
+
+
+def load_audio(path, sample_rate=SAMPLE_RATE, allow_silence=False):
+  """Decodes an audio file, mixes it to mono and resamples it.
+
+  Args:
+    path: a wav, flac, ogg or mp3 file (anything libsndfile decodes).
+    sample_rate: the output rate in Hz (16 kHz for the Melon front end).
+    allow_silence: accept files whose peak is below -90 dBFS.
+
+  Returns:
+    float32 array (samples,) at `sample_rate`.
+
+  Raises:
+    AudioError: missing, undecodable, empty, silent or non-finite audio; the message names the file.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise AudioError(path, "file not found")
+  if os.path.isdir(path):
+    raise AudioError(path, "is a directory, not an audio file")
+  try:
+    data, native_rate = sf.read(path, dtype="float32", always_2d=True)
+  except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+    raise AudioError(path, f"cannot be decoded as audio ({err})") from err
+  if data.shape[0] == 0:
+    raise AudioError(path, "contains no audio samples (empty file)")
+  # Mix to mono the way Essentia's MonoLoader does: the mean of the channels.
+  mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+  check_waveform(mono, path, allow_silence=True)  # NaN first: soxr would smear it over the signal.
+  if native_rate != sample_rate:
+    mono = soxr.resample(mono, native_rate, sample_rate, quality="HQ").astype(np.float32)
+  return check_waveform(np.ascontiguousarray(mono, dtype=np.float32), path, allow_silence)
+
+
+def hz_to_slaney_mel(hz):
+  """Slaney's mel scale: linear below 1 kHz, logarithmic above (Essentia's 'slaneyMel')."""
+  hz = np.asarray(hz, dtype=np.float64)
+  f_sp = 200.0 / 3
+  min_log_hz = 1000.0
+  min_log_mel = min_log_hz / f_sp
+  logstep = np.log(6.4) / 27.0
+  return np.where(hz >= min_log_hz,
+                  min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep,
+                  hz / f_sp)
+
+
+def slaney_mel_to_hz(mel):
+  mel = np.asarray(mel, dtype=np.float64)
+  f_sp = 200.0 / 3
+  min_log_hz = 1000.0
+  min_log_mel = min_log_hz / f_sp
+  logstep = np.log(6.4) / 27.0
+  return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), mel * f_sp)
+
+
+def slaney_mel_matrix(sample_rate=SAMPLE_RATE, frame_size=FRAME_SIZE, num_bands=NUM_BANDS,
+                      fmin=0.0, fmax=None):
+  """Triangular slaney-mel filterbank with unit-area ('unit_tri') normalisation.
+
+  Returns:
+    float64 array (frame_size // 2 + 1, num_bands): power spectrum @ matrix = mel band energies.
+  """
+  fmax = sample_rate / 2 if fmax is None else fmax
+  if not 0 <= fmin < fmax <= sample_rate / 2:
+    raise ValueError(f"mel range must satisfy 0 <= fmin < fmax <= sample_rate/2, got {fmin}, {fmax}")
+  bin_hz = np.linspace(0, sample_rate / 2, frame_size // 2 + 1)
+  edges_hz = slaney_mel_to_hz(np.linspace(hz_to_slaney_mel(fmin), hz_to_slaney_mel(fmax), num_bands + 2))
+  widths = np.diff(edges_hz)
+  ramps = edges_hz[:, None] - bin_hz[None, :]
+  lower = -ramps[:-2] / widths[:-1, None]
+  upper = ramps[2:] / widths[1:, None]
+  weights = np.maximum(0.0, np.minimum(lower, upper))
+  weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]  # unit area in Hz: Slaney normalisation
+  return weights.T
+
+
+def essentia_hann(frame_size=FRAME_SIZE):
+  """Essentia's Windowing(type='hann', normalized=True): symmetric Hann scaled to sum to 2."""
+  window = np.hanning(frame_size)
+  return window * (2.0 / window.sum())
+
+
+def num_frames(num_samples, frame_size=FRAME_SIZE, hop_size=HOP_SIZE):
+  """Frames Essentia's FrameCutter(startFromZero=False) yields for a signal of `num_samples`."""
+  return (num_samples + frame_size // 2 + hop_size - 1) // hop_size
+
+
+@keras.saving.register_keras_serializable(package="tfcmir")
+class MelSpectrogram(keras.layers.Layer):
+  """Waveform -> Melon mel-spectrogram in dB, as Essentia computes it.
+
+  Call args:
+    waveform: float32 (batch, samples) mono audio at `sample_rate`.
+
+  Returns:
+    float32 (batch, frames, num_bands) in dB, frames = ceil((samples + frame_size/2) / hop_size).
+  """
+
+  def __init__(self, sample_rate=SAMPLE_RATE, frame_size=FRAME_SIZE, hop_size=HOP_SIZE,
+               num_bands=NUM_BANDS, fmin=0.0, fmax=None, **kwargs):
+    super().__init__(**kwargs)
+    if frame_size % 2 or hop_size <= 0 or frame_size <= 0:
+      raise ValueError(f"frame_size must be even and positive, hop_size positive: {frame_size}, {hop_size}")
+    self.sample_rate = sample_rate
+    self.frame_size = frame_size
+    self.hop_size = hop_size
+    self.num_bands = num_bands
+    self.fmin = fmin
+    self.fmax = fmax
+    # Constants, not weights: they must not train, and a quantiser must not touch them.
+    self._window = tf.constant(essentia_hann(frame_size), tf.float32)
+    self._mel = tf.constant(slaney_mel_matrix(sample_rate, frame_size, num_bands, fmin, fmax), tf.float32)
+
+  def call(self, waveform):
+    waveform = tf.convert_to_tensor(waveform, tf.float32)
+    n = tf.shape(waveform)[1]
+    count = (n + self.frame_size // 2 + self.hop_size - 1) // self.hop_size
+    # Centre frame 0 on sample 0, pad the tail generously with zeros, then keep FrameCutter's count.
+    padded = tf.pad(waveform, [[0, 0], [self.frame_size // 2, self.frame_size]])
+    frames = tf.signal.frame(padded, self.frame_size, self.hop_size)[:, :count]
+    spectrum = tf.abs(tf.signal.rfft(frames * self._window))
+    power = tf.square(spectrum)
+    bands = tf.einsum("btf,fm->btm", power, self._mel)
+    return 20.0 * tf.math.log(tf.maximum(bands, POWER_FLOOR)) / np.log(10.0)
+
+  def compute_output_shape(self, input_shape):
+    batch, samples = input_shape
+    frames = None if samples is None else num_frames(samples, self.frame_size, self.hop_size)
+    return (batch, frames, self.num_bands)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(sample_rate=self.sample_rate, frame_size=self.frame_size, hop_size=self.hop_size,
+                  num_bands=self.num_bands, fmin=self.fmin, fmax=self.fmax)
+    return config
+
+
+_MEL_LAYER = None
+
+
+def mel_spectrogram(waveforms):
+  """NumPy convenience: (batch, samples) or (samples,) waveform(s) -> (batch, frames, 48) dB mels."""
+  global _MEL_LAYER
+  if _MEL_LAYER is None:
+    _MEL_LAYER = MelSpectrogram()
+  waveforms = np.asarray(waveforms, np.float32)
+  single = waveforms.ndim == 1
+  mels = _MEL_LAYER(waveforms[None] if single else waveforms)
+  mels = np.asarray(mels)
+  return mels[0] if single else mels
+
+
+def file_to_mel(path, allow_silence=False):
+  """Decodes, resamples and computes the mel of one file: float32 (frames, 48) in dB."""
+  return mel_spectrogram(load_audio(path, allow_silence=allow_silence))

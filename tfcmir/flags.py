@@ -1,0 +1,85 @@
+"""Every flag of every tfcmir command, in one place, with the paper's values as defaults.
+
+Only the command-line entry points (`python -m tfcmir.<step>`) read FLAGS; everything below them takes
+plain arguments. Each command imports this module, so one flagfile (configs/*.flags) serves them all:
+`python -m tfcmir.<step> --flagfile=configs/demo.flags`. absl rejects unknown flags and values outside
+the bounds below with a message naming the flag.
+
+Sources of the defaults: the paper (Ferraro et al., IEEE SPL 2021, sections 2-3) unless a comment
+says otherwise; ../shared/REFERENCE.md section 1 gathers them.
+"""
+
+from absl import flags
+
+# --- Audio front end (Melon mels: Essentia, 16 kHz, frame 512, hop 256, 48 slaney bands, dB). -------
+flags.DEFINE_integer("sample_rate", 16000, "Sample rate of the mel front end, Hz.", lower_bound=1000)
+flags.DEFINE_integer("frame_size", 512, "STFT frame size, samples.", lower_bound=16)
+flags.DEFINE_integer("hop_size", 256, "STFT hop size, samples.", lower_bound=1)
+flags.DEFINE_integer("mel_bands", 48, "Mel bands (F_a).", lower_bound=1)
+flags.DEFINE_integer("crop_frames", 256, "Frames per training crop and embedding patch (T_a).",
+                     lower_bound=1)
+
+# --- Genre and playlist inputs. -----------------------------------------------------------------------
+flags.DEFINE_integer("genre_dim", 200, "Word2Vec genre vector size (F_w; 128 in the authors' code).",
+                     lower_bound=1)
+flags.DEFINE_integer("max_genres", 10, "Genres per song fed to the genre encoder (T_w).", lower_bound=1)
+flags.DEFINE_integer("cf_dim", 300, "WARP factors per song (F_cf).", lower_bound=1)
+
+# --- Encoders. ----------------------------------------------------------------------------------------
+flags.DEFINE_list("conv_channels", ["128", "128", "256", "256", "256", "256", "512"],
+                  "Channels of the Z conv blocks of the audio encoder (authors' code).")
+flags.DEFINE_integer("kernel_size", 3, "Square kernel of the conv blocks (K).", lower_bound=1)
+flags.DEFINE_integer("hidden_dim", 512, "Hidden width of the feed-forward heads (authors' code).",
+                     lower_bound=1)
+flags.DEFINE_integer("embedding_dim", 128, "Size of the shared contrastive space (authors' code).",
+                     lower_bound=1)
+flags.DEFINE_integer("attention_heads", 4, "Self-attention heads of the genre encoder.", lower_bound=1)
+flags.DEFINE_float("dropout", 0.5, "Dropout probability p.", lower_bound=0.0, upper_bound=0.99)
+
+# --- Objective. ---------------------------------------------------------------------------------------
+flags.DEFINE_enum("mode", "contr_cf_g",
+                  ["contr_cf_g", "contr_g", "contr_cf", "bline_g", "bline_cf", "bline_cf_g"],
+                  "Model: the contrastive model and its ablations, or a supervised baseline.")
+flags.DEFINE_float("temperature", 0.1, "NT-Xent temperature tau.", lower_bound=1e-6)
+flags.DEFINE_float("lambda_a2g", 1.0, "Weight of the audio-genre loss.", lower_bound=0.0)
+flags.DEFINE_float("lambda_a2p", 1.0, "Weight of the audio-playlist loss.", lower_bound=0.0)
+flags.DEFINE_float("lambda_g2p", 1.0, "Weight of the genre-playlist loss.", lower_bound=0.0)
+
+# --- Training. ----------------------------------------------------------------------------------------
+flags.DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=2)
+flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.", lower_bound=0.0)
+flags.DEFINE_float("weight_decay", 1e-4, "Weight decay (paper silent; authors' code uses 1e-4).",
+                   lower_bound=0.0)
+flags.DEFINE_integer("epochs", 100, "Training epochs (paper silent).", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Random seed of every step (split, generator, training).")
+
+# --- Paths. -------------------------------------------------------------------------------------------
+flags.DEFINE_string("melon_dir", None, "Melon Playlist Dataset root (song_meta.json, train.json, mels).")
+flags.DEFINE_string("tfrecord_dir", "tfrecords", "Where prepared shards and manifest.json go.")
+flags.DEFINE_string("out", None,
+                    "Output folder of the command being run (each command says its default).")
+flags.DEFINE_string("export_dir", "exports", "Where exported encoders go.")
+
+# --- Demo data (python -m tfcmir.data.demo, python -m tfcmir.demo). ---------------------------------------
+flags.DEFINE_string("demo_dir", "data/demo", "Where the demo datasets are written.")
+flags.DEFINE_integer("demo_songs", 1500, "Songs in the demo Melon corpus.", lower_bound=50)
+flags.DEFINE_integer("demo_playlists", 600, "Playlists in the demo Melon corpus.", lower_bound=10)
+flags.DEFINE_float("demo_seconds", 10.0, "Length of every demo clip, seconds.", lower_bound=4.2)
+flags.DEFINE_float("demo_missing_mel", 0.03,
+                   "Fraction of demo Melon songs without a mel file (as in the real dataset).",
+                   lower_bound=0.0, upper_bound=0.5)
+flags.DEFINE_integer("demo_gtzan_per_genre", 20, "Demo GTZAN tracks per genre.", lower_bound=4)
+flags.DEFINE_integer("demo_jamendo_tracks", 300, "Demo MTG-Jamendo tracks.", lower_bound=20)
+flags.DEFINE_integer("workers", 2, "Worker processes for CPU-bound steps.", lower_bound=1)
+flags.DEFINE_bool("overwrite", False, "Redo outputs that already exist and are complete.")
+
+FLAGS = flags.FLAGS
+
+
+flags.register_validator("conv_channels",
+                         lambda v: bool(v) and all(s.strip().isdigit() and int(s) > 0 for s in v),
+                         "--conv_channels must be a comma-separated list of positive integers")
+flags.register_validator("frame_size", lambda v: v % 2 == 0, "--frame_size must be even")
+flags.register_multi_flags_validator(
+    ["hop_size", "frame_size"], lambda f: f["hop_size"] <= f["frame_size"],
+    "--hop_size must not exceed --frame_size")
