@@ -1,0 +1,168 @@
+"""The demo datasets: published layouts, determinism, and structure a model can learn."""
+
+import collections
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import SMALL_DEMO, run_module
+from tfcmir.data import demo, probes, synth
+
+MELON_SONG_FIELDS = {"id", "album_id", "artist_id_basket", "artist_name_basket", "song_name",
+                     "song_gn_gnr_basket", "song_gn_dtl_gnr_basket", "issue_date"}
+PLAYLIST_FIELDS = {"id", "plylst_title", "tags", "songs", "like_cnt", "updt_date"}
+
+
+def _json(path):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def test_melon_layout(small_demo):
+  melon = os.path.join(small_demo, "melon")
+  meta = _json(os.path.join(melon, "song_meta.json"))
+  codes = _json(os.path.join(melon, "genre_gn_all.json"))
+  assert len(meta) == SMALL_DEMO["songs"]
+  assert sum(c.endswith("00") for c in codes) == 10 and len(codes) == 40
+  ids = [s["id"] for s in meta]
+  assert len(set(ids)) == len(ids)
+  with_mel = 0
+  for song in meta:
+    assert MELON_SONG_FIELDS <= set(song)
+    assert 1 <= len(song["song_gn_dtl_gnr_basket"]) <= 3
+    assert set(song["song_gn_dtl_gnr_basket"]) <= set(codes)
+    # Main codes are exactly the GNxx00 parents of the detailed codes.
+    assert sorted({c[:4] + "00" for c in song["song_gn_dtl_gnr_basket"]}) == song["song_gn_gnr_basket"]
+    assert len(song["issue_date"]) == 8 and song["issue_date"].isdigit()
+    path = os.path.join(melon, str(song["id"] // 1000), f"{song['id']}.npy")
+    if os.path.exists(path):
+      with_mel += 1
+  frames = (int(SMALL_DEMO["seconds"] * 16000) + 256 + 255) // 256
+  for path in glob.glob(os.path.join(melon, "*", "*.npy"))[:50]:
+    mel = np.load(path)
+    assert mel.shape == (48, frames) and mel.dtype == np.float32
+    assert -200 <= mel.min() and mel.max() < 0 and mel.std() > 5
+  # Some songs lack a mel file, as in the real dataset, and the manifest counts them.
+  manifest = demo.read_manifest(small_demo)
+  assert with_mel == manifest["counts"]["melon"]["songs_with_mel"] < len(meta)
+  playlists = {name: _json(os.path.join(melon, f"{name}.json")) for name in ("train", "val", "test")}
+  assert len(playlists["train"]) > 4 * len(playlists["val"])
+  seen = set()
+  for name, lists in playlists.items():
+    for p in lists:
+      assert PLAYLIST_FIELDS <= set(p)
+      assert p["id"] not in seen
+      seen.add(p["id"])
+      assert set(p["songs"]) <= set(ids) and len(p["songs"]) == len(set(p["songs"])) >= 10
+
+
+def test_gtzan_layout(small_demo):
+  root = os.path.join(small_demo, "gtzan")
+  assert sorted(os.listdir(root)) == sorted(list(synth.MAIN_GENRES) + [
+      "train_filtered.txt", "valid_filtered.txt", "test_filtered.txt"])
+  splits = {}
+  for name in ("train", "valid", "test"):
+    with open(os.path.join(root, f"{name}_filtered.txt")) as f:
+      splits[name] = f.read().split("\n")[:-1]
+  all_files = [r for rels in splits.values() for r in rels]
+  assert len(all_files) == len(set(all_files)) == 10 * SMALL_DEMO["gtzan_per_genre"]
+  assert len(splits["train"]) > len(splits["test"]) >= len(splits["valid"]) > 0  # 443 / 290 / 197
+  for rel in all_files:
+    genre, name = rel.split("/")
+    assert name.startswith(genre + ".") and name.endswith(".wav")
+  info = sf.info(os.path.join(root, all_files[0]))
+  assert info.samplerate == 22050 and info.channels == 1
+  assert info.duration == pytest.approx(SMALL_DEMO["seconds"], abs=0.01)
+
+
+def test_mtg_jamendo_layout(small_demo):
+  root = os.path.join(small_demo, "mtg-jamendo")
+  for split in range(5):
+    for category, prefix in (("genre", "genre---"), ("instrument", "instrument---"),
+                             ("moodtheme", "mood/theme---")):
+      tracks = {}
+      for part in ("train", "validation", "test"):
+        path = os.path.join(root, "data", "splits", f"split-{split}",
+                            f"autotagging_{category}-{part}.tsv")
+        with open(path, "rb") as f:
+          raw = f.read()
+        assert raw.count(b"\r\n") == raw.count(b"\n")  # CRLF, as the official files
+        lines = raw.decode().split("\r\n")[:-1]
+        assert lines[0] == "TRACK_ID\tARTIST_ID\tALBUM_ID\tPATH\tDURATION\tTAGS"
+        for line in lines[1:]:
+          fields = line.split("\t")
+          track, path_field, tags = fields[0], fields[3], fields[5:]
+          assert track.startswith("track_") and tags
+          assert all(t.startswith(prefix) for t in tags)
+          number = int(track[len("track_"):])
+          assert path_field == f"{number % 100:02d}/{number}.mp3"
+          assert track not in tracks  # the three parts of a split are disjoint
+          tracks[track] = path_field
+      assert len(tracks) > 0.8 * SMALL_DEMO["jamendo_tracks"]
+  some = os.path.join(root, "audio", next(iter(tracks.values())))
+  assert sf.info(some).format == "MP3"
+
+
+def test_demo_is_deterministic_and_worker_count_free(tmp_path):
+  config = demo.DemoConfig(seed=5, songs=60, playlists=20, seconds=4.5, gtzan_per_genre=4,
+                           jamendo_tracks=20)
+  a = demo.generate(str(tmp_path / "a"), config, workers=1)
+  demo.generate(str(tmp_path / "b"), config, workers=2)
+  assert demo.digest(str(tmp_path / "a")) == demo.digest(str(tmp_path / "b"))
+  other = demo.DemoConfig(**{**config.__dict__, "seed": 6})
+  demo.generate(str(tmp_path / "c"), other, workers=2)
+  assert demo.digest(str(tmp_path / "a")) != demo.digest(str(tmp_path / "c"))
+  # A complete dataset with the same settings is left alone; a stale partial one is never used.
+  stamp = os.path.getmtime(tmp_path / "a" / "melon" / "song_meta.json")
+  assert demo.generate(str(tmp_path / "a"), config, workers=1) == a
+  assert os.path.getmtime(tmp_path / "a" / "melon" / "song_meta.json") == stamp
+  assert not os.path.exists(str(tmp_path / "a") + ".partial")
+
+
+def test_genres_are_one_to_three_and_taxonomy_is_two_level(small_demo):
+  truth = _json(os.path.join(small_demo, "truth", "melon.json"))
+  sizes = collections.Counter(len(t["genres"]) for t in truth)
+  assert set(sizes) <= {1, 2, 3} and sizes[1] > sizes[2] > sizes[3] > 0
+
+
+@pytest.fixture(scope="module")
+def structure(small_demo):
+  return probes.demo_structure(small_demo)
+
+
+def test_demo_data_carries_learnable_structure(structure):
+  """If the generator lost its structure (genres not audible, playlists random), this fails."""
+  report = structure
+  genre_acc, genre_chance = report["genre"]
+  assert genre_acc >= 0.6 and genre_acc >= 3 * genre_chance
+  assert report["gtzan"][0] >= 0.4  # a classifier fit on the Melon demo transfers to GTZAN
+  assert report["energy"][0] >= 0.25  # the hidden mood is audible
+  hit, random_hit = report["playlist"]
+  assert hit >= 3 * random_hit  # playlists are predictable from co-membership...
+  assert hit > report["playlist_genre_only"][0]  # ...beyond what genre explains
+
+
+def test_structure_probes_can_fail(small_demo, structure):
+  """Negative control: with labels and memberships shuffled, the probes lose what they found."""
+  report = probes.demo_structure(small_demo, shuffle_labels=True)
+  assert report["genre"][0] < 0.3
+  assert report["energy"][0] < 0.1
+  # Shuffled memberships keep song popularity, which alone beats random a little.
+  assert report["playlist"][0] < 0.6 * structure["playlist"][0]
+
+
+@pytest.mark.slow
+def test_main_job_runs_on_the_default_demo(tmp_path):
+  """The README's first command, at the default size: generate, probe, summary."""
+  out = str(tmp_path / "demo")
+  result = run_module("tfcmir.demo", "--flagfile=configs/demo.flags", f"--demo_dir={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "demo data has learnable genre and playlist structure" in result.stdout
+  manifest = demo.read_manifest(out)
+  assert manifest["counts"]["melon"]["songs"] == 1500
+  assert manifest["bytes"] < 500 * 2 ** 20
+  print(f"default demo: {manifest['seconds']} s, {manifest['bytes'] / 2**20:.0f} MiB")
