@@ -28,6 +28,7 @@ SERVING = [
 EXTRAS = {
     "serving": SERVING,
     "beam": ["apache-beam[tfrecord]==2.77.0"],
+    "bench": ["implicit==0.7.3"],  # reference BPR for benchmarks/warp.py
     # Essentia's pip build is a pre-release; the exact pin lets pip take it without --pre.
     "test": ["pytest>=8", "essentia-tensorflow==2.1b6.dev1389"] + SERVING,
 }

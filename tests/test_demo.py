@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from conftest import SMALL_DEMO, run_module
-from tfcmir.data import demo, probes, synth
+from tfcmir.data import demo, pipeline, probes, synth
 
 MELON_SONG_FIELDS = {"id", "album_id", "artist_id_basket", "artist_name_basket", "song_name",
                      "song_gn_gnr_basket", "song_gn_dtl_gnr_basket", "issue_date"}
@@ -157,11 +157,15 @@ def test_structure_probes_can_fail(small_demo, structure):
 
 @pytest.mark.slow
 def test_main_job_runs_on_the_default_demo(tmp_path):
-  """The README's first command, at the default size: generate, probe, summary."""
+  """The README's first command, at the default size: generate, probe, prepare, summary."""
   out = str(tmp_path / "demo")
-  result = run_module("tfcmir.demo", "--flagfile=configs/demo.flags", f"--demo_dir={out}")
+  result = run_module("tfcmir.demo", "--flagfile=configs/demo.flags", f"--demo_dir={out}",
+                      f"--tfrecord_dir={tmp_path}/tfrecords")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "demo data has learnable genre and playlist structure" in result.stdout
+  assert "done: demo data generated, structure confirmed, shards prepared" in result.stdout
+  shards = pipeline.read_manifest(str(tmp_path / "tfrecords"))
+  assert sum(shards["counts"]["songs"].values()) == demo.read_manifest(out)["counts"]["melon"][
+      "songs_with_mel"]
   manifest = demo.read_manifest(out)
   assert manifest["counts"]["melon"]["songs"] == 1500
   assert manifest["bytes"] < 500 * 2 ** 20

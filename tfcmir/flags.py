@@ -9,6 +9,9 @@ Sources of the defaults: the paper (Ferraro et al., IEEE SPL 2021, sections 2-3)
 says otherwise; ../shared/REFERENCE.md section 1 gathers them.
 """
 
+import logging
+import sys
+
 from absl import flags
 
 # --- Audio front end (Melon mels: Essentia, 16 kHz, frame 512, hop 256, 48 slaney bands, dB). -------
@@ -24,6 +27,27 @@ flags.DEFINE_integer("genre_dim", 200, "Word2Vec genre vector size (F_w; 128 in 
                      lower_bound=1)
 flags.DEFINE_integer("max_genres", 10, "Genres per song fed to the genre encoder (T_w).", lower_bound=1)
 flags.DEFINE_integer("cf_dim", 300, "WARP factors per song (F_cf).", lower_bound=1)
+
+# --- Data preparation (python -m tfcmir.prepare). -------------------------------------------------------
+flags.DEFINE_enum("source", "melon", ["melon", "catalogue"],
+                  "What to prepare: a Melon-layout dataset, or your own catalogue of audio files.")
+flags.DEFINE_string("melon_mel_dir", None, "Folder of {id // 1000}/{id}.npy mels (default: --melon_dir).")
+flags.DEFINE_string("catalogue_audio_dir", None, "Catalogue: folder of audio files.")
+flags.DEFINE_string("catalogue_csv", None, "Catalogue: metadata CSV (path or id, genres separated by |).")
+flags.DEFINE_string("catalogue_playlists", None,
+                    "Catalogue: a folder of .m3u/.m3u8 playlists, or one .json file of playlists.")
+flags.DEFINE_list("split_fractions", ["0.8", "0.1", "0.1"], "Train, validation, test shares of songs.")
+flags.DEFINE_integer("w2v_epochs", 5, "Word2Vec passes over the genre sentences (gensim default).",
+                     lower_bound=1)
+flags.DEFINE_integer("warp_epochs", 50, "WARP epochs (authors' code: 50).", lower_bound=1)
+flags.DEFINE_integer("warp_negatives", 40, "WARP negatives sampled per positive (authors: 40).",
+                     lower_bound=1)
+flags.DEFINE_float("warp_learning_rate", 0.05, "WARP Adagrad learning rate (authors: 0.05).",
+                   lower_bound=0.0)
+flags.DEFINE_integer("shard_mb", 128, "Upper bound on a TFRecord shard's size, MiB.", lower_bound=1)
+flags.DEFINE_bool("strict", False, "Stop at the first bad input instead of reporting and skipping it.")
+flags.DEFINE_enum("verify_shards", "size", ["none", "size", "checksum", "records"],
+                  "How readers check shards against the manifest before reading them.")
 
 # --- Encoders. ----------------------------------------------------------------------------------------
 flags.DEFINE_list("conv_channels", ["128", "128", "256", "256", "256", "256", "512"],
@@ -76,10 +100,47 @@ flags.DEFINE_bool("overwrite", False, "Redo outputs that already exist and are c
 FLAGS = flags.FLAGS
 
 
+def _is_positive_float(text):
+  try:
+    return float(text) > 0
+  except ValueError:
+    return False
+
+
 flags.register_validator("conv_channels",
                          lambda v: bool(v) and all(s.strip().isdigit() and int(s) > 0 for s in v),
                          "--conv_channels must be a comma-separated list of positive integers")
+flags.register_validator("split_fractions",
+                         lambda v: len(v) == 3 and all(_is_positive_float(x) for x in v)
+                         and abs(sum(float(x) for x in v) - 1) < 1e-6,
+                         "--split_fractions must be three positive numbers summing to 1")
 flags.register_validator("frame_size", lambda v: v % 2 == 0, "--frame_size must be even")
 flags.register_multi_flags_validator(
     ["hop_size", "frame_size"], lambda f: f["hop_size"] <= f["frame_size"],
     "--hop_size must not exceed --frame_size")
+
+
+def resolved():
+  """{name: value} of every tfcmir flag after parsing: saved beside every output it shapes."""
+  return {f.name: f.value for f in FLAGS.get_key_flags_for_module(__name__)}
+
+
+def run_main(main):
+  """app.run(main), with tfcmir's bad-input errors printed as one line (no stack trace), exit 1."""
+  from absl import app
+
+  from tfcmir.data.corpus import InputError
+
+  def guarded(argv):
+    # app.run turns on INFO logging for every library; gensim then logs each Word2Vec epoch.
+    for name in ("gensim", "smart_open"):
+      logging.getLogger(name).setLevel(logging.WARNING)
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+      return main(argv)
+    except InputError as err:
+      print(f"error: {err}", file=sys.stderr)
+      sys.exit(1)
+
+  app.run(guarded)

@@ -1,0 +1,1 @@
+"""The encoders, the contrastive losses, and the models built from them."""

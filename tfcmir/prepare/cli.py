@@ -1,0 +1,82 @@
+"""`python -m tfcmir.prepare --flagfile=...`: a Melon-layout dataset or your own catalogue -> shards.
+
+The flag-reading side of the step (tfcmir/prepare/steps.py is the flag-free side); tfcmir.demo uses
+it too.
+
+Writes to --tfrecord_dir (or --out): split.json, genre_vectors.npy, genre_vocab.json, warp.npz, the
+TFRecord shards and manifest.json. See tfcmir/prepare/steps.py for the steps and resumption.
+"""
+
+from absl import flags
+
+from tfcmir import flags as tfcmir_flags
+from tfcmir.data.corpus import InputError, Problems
+from tfcmir.prepare import steps
+
+FLAGS = flags.FLAGS
+DEMO_HINT = "for the demo data, run `python -m tfcmir.data.demo --flagfile=configs/demo.flags` first"
+
+
+def read_corpus(problems):
+  if FLAGS.source == "melon":
+    from tfcmir.data import melon
+    if not FLAGS.melon_dir:
+      raise InputError("--melon_dir is required with --source=melon")
+    try:
+      return melon.read_melon(FLAGS.melon_dir, FLAGS.melon_mel_dir, problems)
+    except InputError as err:
+      if "folder not found" in str(err):
+        raise InputError(f"{err} ({DEMO_HINT})") from err
+      raise
+  from tfcmir.data import catalogue
+  missing = [f"--{n}" for n in ("catalogue_audio_dir", "catalogue_csv", "catalogue_playlists")
+             if not FLAGS[n].value]
+  if missing:
+    raise InputError(f"--source=catalogue needs {', '.join(missing)}")
+  return catalogue.read_catalogue(FLAGS.catalogue_audio_dir, FLAGS.catalogue_csv,
+                                  FLAGS.catalogue_playlists, problems)
+
+
+def config_from_flags():
+  return steps.PrepareConfig(
+      seed=FLAGS.seed, fractions=tuple(float(x) for x in FLAGS.split_fractions),
+      genre_dim=FLAGS.genre_dim, max_genres=FLAGS.max_genres, w2v_epochs=FLAGS.w2v_epochs,
+      cf_dim=FLAGS.cf_dim, warp_epochs=FLAGS.warp_epochs, warp_negatives=FLAGS.warp_negatives,
+      warp_learning_rate=FLAGS.warp_learning_rate, shard_mb=FLAGS.shard_mb, bands=FLAGS.mel_bands,
+      crop_frames=FLAGS.crop_frames)
+
+
+def summary(out, manifest):
+  c = manifest["counts"]
+  s = manifest["seconds"]
+  lines = [f"prepared {out} in {s['total']:.1f} s (split {s.get('split', 0):.1f}, word2vec "
+           f"{s.get('word2vec', 0):.1f}, warp {s.get('warp', 0):.1f}, shards {s.get('shards', 0):.1f})",
+           "| split | songs | with CF vector | shards |", "|---|---|---|---|"]
+  for name in ("train", "val", "test"):
+    n_shards = sum(1 for sh in manifest["shards"] if sh["split"] == name)
+    lines.append(f"| {name} | {c['songs'][name]} | {c['with_cf'][name]} | {n_shards} |")
+  w = manifest["warp"]
+  lines.append(f"genres: {manifest['genres']['vocabulary']} codes, Word2Vec dim "
+               f"{manifest['genres']['dim']}; WARP: {w['songs_in_matrix']} songs x {w['playlists']} "
+               f"playlists, {w['memberships']} memberships, dim {w['dim']}")
+  lines.append(f"mels shorter than the crop (padded when read): {c['short_mel']}")
+  problems = manifest["problems"]["counts"]
+  lines.append("input problems: " + (", ".join(f"{k} {v}" for k, v in problems.items()) or "none"))
+  return "\n".join(lines)
+
+
+def run(out):
+  """Prepares the source the flags name into `out`; returns the manifest."""
+  problems = Problems(strict=FLAGS.strict)
+  corpus = read_corpus(problems)
+  source = {"name": FLAGS.source, "melon_dir": FLAGS.melon_dir, "mel_dir": FLAGS.melon_mel_dir,
+            "catalogue_audio_dir": FLAGS.catalogue_audio_dir, "catalogue_csv": FLAGS.catalogue_csv,
+            "catalogue_playlists": FLAGS.catalogue_playlists}
+  return steps.prepare(corpus, out, config_from_flags(), FLAGS.workers, FLAGS.overwrite,
+                       FLAGS.strict, progress=True, flags_used=tfcmir_flags.resolved(),
+                       source={k: v for k, v in source.items() if v})
+
+
+def main(argv):
+  out = FLAGS.out or FLAGS.tfrecord_dir
+  print(summary(out, run(out)))

@@ -1,0 +1,152 @@
+"""Writes prepared songs to TFRecord shards, in parallel, resumably.
+
+Each shard is written by a worker process under a temporary name, checksummed, and renamed when
+complete; a small progress record (records, bytes, sha256, problems) is saved before the rename. So a
+shard file that exists is whole, a killed run loses at most the shards in flight, and a re-run writes
+only what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from tfcmir.data.corpus import InputError, Problems, load_mel
+
+PROGRESS_DIR = ".progress"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """Everything a worker needs to write one song."""
+  song_id: int
+  split: str
+  genres: np.ndarray      # int64 (max_genres,)
+  cf: np.ndarray          # float32 (cf_dim,)
+  has_cf: bool
+  mel_path: str | None = None
+  audio_path: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+  name: str
+  entries: tuple
+  out_dir: str
+  bands: int
+  crop_frames: int
+  strict: bool
+
+
+def shard_name(split, index, count):
+  return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def plan(entries, songs_per_shard, out_dir, bands, crop_frames, strict):
+  """Groups entries by split (train, val, test order) into shards of at most `songs_per_shard`."""
+  tasks = []
+  for split in ("train", "val", "test"):
+    items = [e for e in entries if e.split == split]
+    count = max(1, -(-len(items) // songs_per_shard)) if items else 0
+    for i in range(count):
+      chunk = tuple(items[i * songs_per_shard:(i + 1) * songs_per_shard])
+      tasks.append(ShardTask(shard_name(split, i, count), chunk, out_dir, bands, crop_frames, strict))
+  return tasks
+
+
+def sha256_file(path):
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _song_mel(entry, bands):
+  if entry.mel_path is not None:
+    return load_mel(entry.mel_path, bands)
+  from tfcmir import audio  # catalogue songs: the project's own front end
+  try:
+    return audio.file_to_mel(entry.audio_path)
+  except audio.AudioError as err:
+    raise InputError(str(err)) from err
+
+
+def write_shard(task):
+  """Worker: writes one shard; returns its progress record (a dict)."""
+  import tensorflow as tf
+
+  from tfcmir.prepare import records
+
+  problems = Problems(strict=task.strict)
+  final = os.path.join(task.out_dir, task.name)
+  temporary = os.path.join(task.out_dir, f".{task.name}.partial")
+  written = short = 0
+  with tf.io.TFRecordWriter(temporary) as writer:
+    for entry in task.entries:
+      try:
+        mel = _song_mel(entry, task.bands)
+      except InputError as err:
+        problems.report("bad_mel" if entry.mel_path else "bad_audio", str(err))
+        continue
+      if mel.shape[0] < task.crop_frames:
+        short += 1
+        problems.note("short_mel", f"song {entry.song_id}: {mel.shape[0]} frames < "
+                      f"{task.crop_frames}, padded when read")
+      writer.write(records.serialize(entry.song_id, entry.split, mel, entry.genres, entry.cf,
+                                     entry.has_cf))
+      written += 1
+  progress = {"file": task.name, "split": task.name.split("-")[0], "records": written,
+              "bytes": os.path.getsize(temporary), "sha256": sha256_file(temporary),
+              "short_mel": short, "problems": {"counts": dict(problems.counts),
+                                               "examples": dict(problems.examples)}}
+  _write_json_atomic(os.path.join(task.out_dir, PROGRESS_DIR, task.name + ".json"), progress)
+  os.replace(temporary, final)
+  return progress
+
+
+def _write_json_atomic(path, obj):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  temporary = path + ".partial"
+  with open(temporary, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(temporary, path)
+
+
+def _done(task):
+  """The progress record of a shard finished by an earlier run, or None."""
+  final = os.path.join(task.out_dir, task.name)
+  record = os.path.join(task.out_dir, PROGRESS_DIR, task.name + ".json")
+  if not (os.path.exists(final) and os.path.exists(record)):
+    return None
+  with open(record, encoding="utf-8") as f:
+    progress = json.load(f)
+  return progress if progress.get("bytes") == os.path.getsize(final) else None
+
+
+def write_all(tasks, workers=2, progress_bar=True):
+  """Writes every shard not already complete; returns (progress records in task order, skipped)."""
+  results, todo = {}, []
+  for task in tasks:
+    done = _done(task)
+    if done is None:
+      todo.append(task)
+    else:
+      results[task.name] = done
+  if todo:
+    bar = tqdm(total=sum(len(t.entries) for t in todo), unit="song", desc="shards",
+               disable=not progress_bar)
+    # 'spawn': the parent may hold TensorFlow threads, which do not survive a fork.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(workers, len(todo))) as pool:
+      for progress in pool.imap_unordered(write_shard, todo):
+        results[progress["file"]] = progress
+        bar.update(sum(len(t.entries) for t in todo if t.name == progress["file"]))
+    bar.close()
+  return [results[t.name] for t in tasks], len(tasks) - len(todo)
