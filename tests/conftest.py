@@ -41,3 +41,19 @@ def small_demo(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("demo") / "data")
   demo.generate(out, demo.DemoConfig(**SMALL_DEMO), workers=2)
   return out
+
+
+@pytest.fixture(scope="session")
+def small_prepared(small_demo, tmp_path_factory):
+  """The small demo corpus prepared once (small CF and genre vectors): (corpus, tfrecord_dir, manifest)."""
+  from tfcmir.data import melon
+  from tfcmir.prepare import steps
+  out = str(tmp_path_factory.mktemp("prepared") / "tfrecords")
+  corpus = melon.read_melon(os.path.join(small_demo, "melon"))
+  manifest = steps.prepare(corpus, out, FAST_PREPARE(), workers=2, progress=False)
+  return corpus, out, manifest
+
+
+def FAST_PREPARE():  # noqa: N802  (a constant, built lazily so conftest does not import TensorFlow)
+  from tfcmir.prepare import steps
+  return steps.PrepareConfig(seed=0, cf_dim=32, genre_dim=16, warp_epochs=5, shard_mb=8)

@@ -157,12 +157,22 @@ def test_structure_probes_can_fail(small_demo, structure):
 
 @pytest.mark.slow
 def test_main_job_runs_on_the_default_demo(tmp_path):
-  """The README's first command, at the default size: generate, probe, prepare, summary."""
+  """The README's first command, at the default size: generate, probe, prepare, train, summary.
+
+  The trained encoder's embeddings of held-out test songs must predict their genre far better than
+  chance and better than the same encoder untrained (logistic regression, 5-fold).
+  """
   out = str(tmp_path / "demo")
   result = run_module("tfcmir.demo", "--flagfile=configs/demo.flags", f"--demo_dir={out}",
-                      f"--tfrecord_dir={tmp_path}/tfrecords")
+                      f"--tfrecord_dir={tmp_path}/tfrecords", f"--model_dir={tmp_path}/run")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "done: demo data generated, structure confirmed, shards prepared" in result.stdout
+  assert "done: demo data generated, structure confirmed, shards prepared, model trained" in \
+      result.stdout
+  line = next(l for l in result.stdout.splitlines() if l.startswith("held-out test songs"))
+  trained, untrained, chance = (float(line.split(f"{k} ")[1].split(",")[0])
+                                for k in ("trained", "untrained", "chance"))
+  print(line)
+  assert trained > untrained and trained > 4 * chance
   shards = pipeline.read_manifest(str(tmp_path / "tfrecords"))
   assert sum(shards["counts"]["songs"].values()) == demo.read_manifest(out)["counts"]["melon"][
       "songs_with_mel"]

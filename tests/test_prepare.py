@@ -8,21 +8,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_module
+from conftest import FAST_PREPARE, run_module
 from tfcmir.data import melon, pipeline
 from tfcmir.data.corpus import InputError, Problems, mel_file
 from tfcmir.prepare import genres, records, split, steps
 
-FAST = steps.PrepareConfig(seed=0, cf_dim=32, genre_dim=16, warp_epochs=5, shard_mb=8)
+FAST = FAST_PREPARE()
 
 
 @pytest.fixture(scope="module")
-def prepared(small_demo, tmp_path_factory):
-  """The small demo corpus, prepared once for this module."""
-  out = str(tmp_path_factory.mktemp("prepared") / "tfrecords")
-  corpus = melon.read_melon(os.path.join(small_demo, "melon"))
-  manifest = steps.prepare(corpus, out, FAST, workers=2, progress=False)
-  return corpus, out, manifest
+def prepared(small_prepared):
+  return small_prepared
 
 
 # --- Melon reader. -------------------------------------------------------------------------------------

@@ -77,12 +77,29 @@ flags.DEFINE_float("weight_decay", 1e-4, "Weight decay (paper silent; authors' c
 flags.DEFINE_integer("epochs", 100, "Training epochs (paper silent).", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Random seed of every step (split, generator, training).")
 
+flags.DEFINE_integer("early_stopping", 0,
+                     "Stop after this many epochs without a better validation loss (0: never).",
+                     lower_bound=0)
+flags.DEFINE_integer("checkpoint_steps", 0,
+                     "Also checkpoint every this many steps within an epoch (0: at epoch ends only).",
+                     lower_bound=0)
+flags.DEFINE_integer("keep_checkpoints", 3, "Latest checkpoints kept (the best one is kept apart).",
+                     lower_bound=1)
+flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch (0: one pass over the train split).",
+                     lower_bound=0)
+flags.DEFINE_integer("shuffle_buffer", 2048, "Songs in the training shuffle buffer.", lower_bound=1)
+flags.DEFINE_bool("mixed_precision", False,
+                  "Compute in bfloat16 (CPU) or float16 (GPU), keeping variables and losses float32.")
+flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+
 # --- Paths. -------------------------------------------------------------------------------------------
 flags.DEFINE_string("melon_dir", None, "Melon Playlist Dataset root (song_meta.json, train.json, mels).")
 flags.DEFINE_string("tfrecord_dir", "tfrecords", "Where prepared shards and manifest.json go.")
 flags.DEFINE_string("out", None,
                     "Output folder of the command being run (each command says its default).")
 flags.DEFINE_string("export_dir", "exports", "Where exported encoders go.")
+flags.DEFINE_string("model_dir", None, "Where training writes checkpoints and logs "
+                    "(default: runs/<mode>).")
 
 # --- Demo data (python -m tfcmir.data.demo, python -m tfcmir.demo). ---------------------------------------
 flags.DEFINE_string("demo_dir", "data/demo", "Where the demo datasets are written.")

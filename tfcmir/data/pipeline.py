@@ -24,6 +24,12 @@ MANIFEST = "manifest.json"
 VERIFY_LEVELS = ("none", "size", "checksum", "records")
 
 
+def split_size(manifest, split, only_with_cf=False):
+  """Songs of `split` in the shards (those with a CF vector only, if asked)."""
+  counts = manifest["counts"]["with_cf" if only_with_cf else "songs"]
+  return int(counts[split])
+
+
 def read_manifest(tfrecord_dir):
   path = os.path.join(tfrecord_dir, MANIFEST)
   if not os.path.exists(path):
@@ -108,7 +114,7 @@ def crop(mel, frames, training, seed=None):
 
 
 def dataset(tfrecord_dir, split, batch_size, crop_frames=256, training=True, seed=None,
-            shuffle_buffer=2048, drop_remainder=None, verify="size", repeat=False):
+            shuffle_buffer=2048, drop_remainder=None, verify="size", repeat=False, only_with_cf=False):
   """Batches of one split of prepared shards.
 
   Args:
@@ -122,6 +128,7 @@ def dataset(tfrecord_dir, split, batch_size, crop_frames=256, training=True, see
     drop_remainder: defaults to `training` (the authors drop the last incomplete batch).
     verify: 'none', 'size' (default), 'checksum' or 'records' check of the shards before reading.
     repeat: repeat forever (the caller then sets steps per epoch).
+    only_with_cf: keep only songs that have a CF vector (has_cf = 1), for the modes that use it.
 
   Returns:
     tf.data.Dataset of dicts: mel float32 (batch, crop_frames, bands), genres int64 (batch, T_w),
@@ -152,4 +159,6 @@ def dataset(tfrecord_dir, split, batch_size, crop_frames=256, training=True, see
             "song_id": example["song_id"]}
 
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+  if only_with_cf:
+    ds = ds.filter(lambda example: example["has_cf"] > 0)
   return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

@@ -168,8 +168,10 @@ class AudioEncoder(keras.layers.Layer):
 
 
 def _batch_norm(policy, name):
+  # synchronized: under a multi-replica strategy the batch statistics are those of the global batch,
+  # so the model computes the same function on one replica or eight (a no-op on one).
   return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=policy,
-                                         name=name)
+                                         synchronized=True, name=name)
 
 
 @keras.saving.register_keras_serializable(package="tfcmir")

@@ -1,0 +1,281 @@
+"""`python -m tfcmir.train --flagfile=...`: trains the paper's model (or an ablation or a baseline).
+
+Reads the shards of `tfcmir.prepare` (--tfrecord_dir), trains under a tf.distribute strategy
+(MirroredStrategy over all visible GPUs or the CPU; MultiWorkerMirroredStrategy when TF_CONFIG names
+several workers), and writes to --model_dir (default runs/<mode>):
+
+  config.json          the model's description and the flags of the run
+  checkpoints/         the latest model + optimizer checkpoints (tf.train.CheckpointManager)
+  best.weights.h5      the weights of the best validation loss, written whole (temp file + rename)
+  logs/train, logs/val TensorBoard scalars (tf.summary)
+  history.json         the metrics of every epoch
+
+Re-running the same command after a crash or a kill resumes from the latest checkpoint: the epoch
+counter, the weights and the optimizer state come back; an epoch interrupted between checkpoints is
+run again from its start (with --checkpoint_steps, from the weights of its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags, logging
+from tensorflow.core.framework import summary_pb2
+
+from tfcmir import flags as tfcmir_flags
+from tfcmir.data import pipeline
+from tfcmir.data.corpus import InputError
+from tfcmir.model import contrastive, probe
+from tfcmir.prepare import genres as genres_lib
+
+FLAGS = flags.FLAGS
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+def make_strategy():
+  """MultiWorkerMirroredStrategy when TF_CONFIG names several workers, else MirroredStrategy."""
+  cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+  if len(cluster.get("worker", [])) > 1:
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  return tf.distribute.MirroredStrategy()
+
+
+def set_precision(mixed):
+  """bfloat16 on CPUs, float16 (with loss scaling) on GPUs; variables and losses stay float32."""
+  if not mixed:
+    keras.mixed_precision.set_global_policy("float32")
+    return "float32"
+  policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+  keras.mixed_precision.set_global_policy(policy)
+  return policy
+
+
+def _write_atomic(path, write):
+  temporary = f"{path}.partial{os.path.splitext(path)[1] or ''}"
+  if path.endswith(".weights.h5"):
+    temporary = path[:-len(".weights.h5")] + ".partial.weights.h5"
+  write(temporary)
+  os.replace(temporary, path)
+
+
+def _save_json(path, obj):
+  def write(temporary):
+    with open(temporary, "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=1)
+  _write_atomic(path, write)
+
+
+class Checkpoints(keras.callbacks.Callback):
+  """Latest checkpoints (model, optimizer, epoch) and the best-validation weights, crash-safe."""
+
+  def __init__(self, model_dir, checkpoint, manager, every_steps, state):
+    super().__init__()
+    self.model_dir = model_dir
+    self.checkpoint = checkpoint
+    self.manager = manager
+    self.every_steps = every_steps
+    self.state = state
+    self.epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    loss = (logs or {}).get("loss")
+    if loss is not None and not math.isfinite(float(loss)):
+      raise NonFiniteLoss(f"non-finite loss ({loss}) at epoch {self.epoch + 1}, step {batch + 1}")
+    if self.every_steps and (batch + 1) % self.every_steps == 0:
+      self.checkpoint.epoch.assign(self.epoch)  # the epoch is not finished: it will run again
+      self.manager.save()
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = logs or {}
+    if not all(math.isfinite(float(v)) for v in logs.values()):
+      raise NonFiniteLoss(f"non-finite metrics at the end of epoch {epoch + 1}: {logs}")
+    val = logs.get("val_loss")
+    if val is not None and val < self.state.get("best_val_loss", math.inf):
+      _write_atomic(os.path.join(self.model_dir, "best.weights.h5"), self.model.save_weights)
+      self.state.update(best_val_loss=float(val), best_epoch=epoch + 1)
+    self.checkpoint.epoch.assign(epoch + 1)
+    self.manager.save()
+    self.state.setdefault("history", []).append(
+        {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
+    _save_json(os.path.join(self.model_dir, "history.json"), self.state)
+
+
+# What tensorboard's own scalar summary writes: TensorBoard shows these in its Scalars dashboard. Written
+# with the core tf.summary.write, since tf.summary.scalar needs the tensorboard package installed.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+    data_class=summary_pb2.DATA_CLASS_SCALAR).SerializeToString()
+
+
+class Scalars(keras.callbacks.Callback):
+  """Epoch metrics to TensorBoard event files (logs/train, logs/val)."""
+
+  def __init__(self, log_dir):
+    super().__init__()
+    self.writers = {k: tf.summary.create_file_writer(os.path.join(log_dir, k))
+                    for k in ("train", "val")}
+
+  def on_epoch_end(self, epoch, logs=None):
+    for key, value in (logs or {}).items():
+      writer = self.writers["val" if key.startswith("val_") else "train"]
+      with writer.as_default():
+        tf.summary.write(key.removeprefix("val_"), tf.constant(float(value), tf.float32),
+                         step=epoch + 1, metadata=_SCALAR_METADATA)
+    for writer in self.writers.values():
+      writer.flush()
+
+
+def _check_run(model_dir, config, overwrite):
+  path = os.path.join(model_dir, "config.json")
+  if os.path.exists(path) and not overwrite:
+    with open(path, encoding="utf-8") as f:
+      previous = json.load(f)
+    if previous.get("model") != config["model"] or previous.get("data") != config["data"]:
+      raise InputError(f"{model_dir}: holds a run of another model or data; use --overwrite to "
+                       "replace it, or another --model_dir")
+  elif overwrite and os.path.isdir(model_dir):
+    import shutil
+    shutil.rmtree(model_dir)
+  os.makedirs(model_dir, exist_ok=True)
+  _save_json(path, config)
+
+
+def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_rate, weight_decay,
+          seed=0, steps_per_epoch=0, early_stopping=0, checkpoint_steps=0, keep_checkpoints=3,
+          shuffle_buffer=2048, jit_compile=False, mixed_precision=False, overwrite=False,
+          flags_used=None, verbose="auto"):
+  """Trains; returns a summary dict. Flag-free: tests and other entry points call it directly."""
+  started = time.time()
+  manifest = pipeline.read_manifest(tfrecord_dir)
+  if model_config["cf_dim"] != manifest["schema"]["cf_dim"]:
+    raise InputError(f"{tfrecord_dir}: shards hold CF vectors of {manifest['schema']['cf_dim']} "
+                     f"dimensions, the model expects {model_config['cf_dim']} (--cf_dim)")
+  _check_run(model_dir, {"model": model_config, "data": {"tfrecord_dir": os.path.abspath(tfrecord_dir),
+                                                         "fingerprint": manifest["fingerprint"]},
+                         "flags": flags_used or {}}, overwrite)
+  keras.utils.set_random_seed(seed)
+  policy = set_precision(mixed_precision)
+  strategy = make_strategy()
+  replicas = strategy.num_replicas_in_sync
+  if batch_size % replicas:
+    raise InputError(f"--batch_size={batch_size} must be a multiple of the {replicas} replicas")
+  with_cf = contrastive.mode_inputs(model_config["mode"])["cf"]
+  n_train = pipeline.split_size(manifest, "train", with_cf)
+  n_val = pipeline.split_size(manifest, "val", with_cf)
+  if n_train < batch_size:
+    raise InputError(f"{tfrecord_dir}: {n_train} training songs, fewer than one batch of {batch_size}")
+  val_batch = min(batch_size, n_val // replicas * replicas)
+  # Repeated, with a fixed number of steps per epoch: the progress bar knows its length, and the
+  # shuffle runs on across epoch boundaries.
+  steps = steps_per_epoch or n_train // batch_size
+  train_ds = pipeline.dataset(tfrecord_dir, "train", batch_size, training=True, seed=seed,
+                              shuffle_buffer=shuffle_buffer, repeat=True, only_with_cf=with_cf)
+  val_ds = (pipeline.dataset(tfrecord_dir, "val", val_batch, training=False, drop_remainder=True,
+                             only_with_cf=with_cf) if val_batch else None)
+  table = genres_lib.GenreVectors.load(tfrecord_dir).table
+  with strategy.scope():
+    model = contrastive.build_model(model_config, table)
+    model.build_from_batch(next(iter(train_ds)))
+    optimizer = keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None)
+    model.compile(optimizer=optimizer, jit_compile=jit_compile)
+    optimizer.build(model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                     epoch=tf.Variable(0, dtype=tf.int64, trainable=False))
+  manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
+                                       max_to_keep=keep_checkpoints)
+  state_path = os.path.join(model_dir, "history.json")
+  state = {}
+  if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    restored_epoch = int(checkpoint.epoch.numpy())
+    if os.path.exists(state_path):
+      with open(state_path, encoding="utf-8") as f:
+        state = json.load(f)
+      # Epochs after the restored checkpoint (a crash between the two writes) are dropped.
+      state["history"] = [h for h in state.get("history", []) if h["epoch"] <= restored_epoch]
+    logging.info("resuming from %s (epoch %d)", manager.latest_checkpoint, restored_epoch)
+  initial_epoch = int(checkpoint.epoch.numpy())
+  callbacks = [Checkpoints(model_dir, checkpoint, manager, checkpoint_steps, state),
+               Scalars(os.path.join(model_dir, "logs"))]
+  if early_stopping and val_ds is not None:
+    callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=early_stopping))
+  resumed = initial_epoch > 0
+  if initial_epoch < epochs:
+    try:
+      model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+                steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+    except NonFiniteLoss as err:
+      raise InputError(f"{err}; training stopped. The last good checkpoint is kept: "
+                       f"{manager.latest_checkpoint or 'none yet'} (lower --learning_rate, or check "
+                       "the data)") from err
+  elapsed = time.time() - started
+  history = state.get("history", [])
+  trained_epochs = len(history) - sum(h["epoch"] <= initial_epoch for h in history)
+  return {"model_dir": model_dir, "mode": model_config["mode"], "epochs": len(history),
+          "resumed_from_epoch": initial_epoch if resumed else None,
+          "best_val_loss": state.get("best_val_loss"), "best_epoch": state.get("best_epoch"),
+          "final": history[-1] if history else None, "replicas": replicas, "policy": policy,
+          "seconds": round(elapsed, 1),
+          "songs_per_second": round(trained_epochs * steps * batch_size / max(elapsed, 1e-9), 1),
+          "model": model}
+
+
+def model_config_from_flags(manifest, tfrecord_dir):
+  table_shape = genres_lib.GenreVectors.load(tfrecord_dir).table.shape
+  return contrastive.model_config(
+      FLAGS.mode, table_shape, manifest["schema"]["cf_dim"],
+      channels=[int(c) for c in FLAGS.conv_channels], kernel_size=FLAGS.kernel_size,
+      hidden_dim=FLAGS.hidden_dim, embedding_dim=FLAGS.embedding_dim, dropout=FLAGS.dropout,
+      attention_heads=FLAGS.attention_heads, temperature=FLAGS.temperature,
+      lambdas=(FLAGS.lambda_a2g, FLAGS.lambda_a2p, FLAGS.lambda_g2p))
+
+
+def run():
+  """Trains as the flags say; returns (summary, held-out genre probe)."""
+  tfrecord_dir = FLAGS.tfrecord_dir
+  model_dir = FLAGS.model_dir or os.path.join("runs", FLAGS.mode)
+  manifest = pipeline.read_manifest(tfrecord_dir)
+  config = model_config_from_flags(manifest, tfrecord_dir)
+  summary = train(tfrecord_dir, model_dir, config, FLAGS.epochs, FLAGS.batch_size,
+                  FLAGS.learning_rate, FLAGS.weight_decay, FLAGS.seed, FLAGS.steps_per_epoch,
+                  FLAGS.early_stopping, FLAGS.checkpoint_steps, FLAGS.keep_checkpoints,
+                  FLAGS.shuffle_buffer, FLAGS.jit_compile, FLAGS.mixed_precision, FLAGS.overwrite,
+                  tfcmir_flags.resolved())
+  return summary, probe.held_out_genre_probe(summary["model"], config, tfrecord_dir, seed=FLAGS.seed)
+
+
+def main(argv):
+  print(format_summary(*run()))
+
+
+def format_summary(summary, result=None):
+  lines = [f"trained {summary['mode']} in {summary['model_dir']}: {summary['epochs']} epochs, "
+           f"{summary['seconds']} s, {summary['songs_per_second']} songs/s, {summary['replicas']} "
+           f"replica(s), {summary['policy']}"]
+  if summary["resumed_from_epoch"]:
+    lines.append(f"resumed from epoch {summary['resumed_from_epoch']}")
+  if summary["best_val_loss"] is not None:
+    lines.append(f"best validation loss {summary['best_val_loss']:.4f} at epoch "
+                 f"{summary['best_epoch']} (best.weights.h5)")
+  if result:
+    lines.append(f"held-out test songs, genre from audio embeddings (logistic regression, 5-fold): "
+                 f"trained {result['trained']:.3f}, untrained {result['untrained']:.3f}, "
+                 f"chance {result['chance']:.3f}")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  tfcmir_flags.run_main(main)
