@@ -164,10 +164,12 @@ def test_main_job_runs_on_the_default_demo(tmp_path):
   """
   out = str(tmp_path / "demo")
   result = run_module("tfcmir.demo", "--flagfile=configs/demo.flags", f"--demo_dir={out}",
-                      f"--tfrecord_dir={tmp_path}/tfrecords", f"--model_dir={tmp_path}/run")
+                      f"--tfrecord_dir={tmp_path}/tfrecords", f"--model_dir={tmp_path}/run",
+                      f"--export_dir={tmp_path}/exports")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "done: demo data generated, structure confirmed, shards prepared, model trained" in \
-      result.stdout
+  assert "done: demo data generated, structure confirmed, shards prepared, model trained, " \
+      "encoder exported" in result.stdout
+  assert os.path.exists(tmp_path / "exports" / "demo" / "contr_cf_g" / "export_manifest.json")
   line = next(l for l in result.stdout.splitlines() if l.startswith("held-out test songs"))
   trained, untrained, chance = (float(line.split(f"{k} ")[1].split(",")[0])
                                 for k in ("trained", "untrained", "chance"))

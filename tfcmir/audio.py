@@ -200,6 +200,22 @@ class MelSpectrogram(keras.layers.Layer):
     return config
 
 
+def split_patches(mel, patch_frames=256):
+  """(batch, frames, bands) mels -> (batch, patches, patch_frames, bands) non-overlapping patches.
+
+  The paper's downstream protocol: consecutive 256-frame patches, the incomplete tail dropped. A mel
+  shorter than one patch is padded with the dB floor (-200, silence) to make exactly one patch.
+  Works on tensors and arrays, inside tf.function, SavedModel and TFLite (static patch size).
+  """
+  mel = tf.convert_to_tensor(mel, tf.float32)
+  frames = tf.shape(mel)[1]
+  mel = tf.pad(mel, [[0, 0], [0, tf.maximum(0, patch_frames - frames)], [0, 0]],
+               constant_values=DB_FLOOR)
+  count = tf.maximum(1, frames // patch_frames)
+  mel = mel[:, :count * patch_frames]
+  return tf.reshape(mel, [tf.shape(mel)[0], count, patch_frames, mel.shape[-1] or NUM_BANDS])
+
+
 _MEL_LAYER = None
 
 

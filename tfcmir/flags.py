@@ -98,6 +98,17 @@ flags.DEFINE_string("tfrecord_dir", "tfrecords", "Where prepared shards and mani
 flags.DEFINE_string("out", None,
                     "Output folder of the command being run (each command says its default).")
 flags.DEFINE_string("export_dir", "exports", "Where exported encoders go.")
+flags.DEFINE_string("checkpoint", None, "Export: a training run folder (its best weights), a "
+                    ".weights.h5 file or a checkpoint prefix.")
+flags.DEFINE_integer("export_version", 1, "Export: the SavedModel version folder (TF Serving).",
+                     lower_bound=1)
+flags.DEFINE_string("embed_model", None, "Embed: the export folder to use (exports/NAME).")
+flags.DEFINE_enum("artifact", "saved_model", ["saved_model", "tflite", "tflite_quantized"],
+                  "Embed: which artifact of the export runs the encoder.")
+flags.DEFINE_bool("per_patch", False, "Embed: also write every patch's embedding.")
+flags.DEFINE_enum("embed_format", "npy", ["npy", "npz"],
+                  "Embed: .npy arrays + index.csv, or one .npz.")
+flags.DEFINE_integer("embed_batch", 64, "Embed: patches per encoder call.", lower_bound=1)
 flags.DEFINE_string("model_dir", None, "Where training writes checkpoints and logs "
                     "(default: runs/<mode>).")
 
@@ -142,17 +153,18 @@ def resolved():
   return {f.name: f.value for f in FLAGS.get_key_flags_for_module(__name__)}
 
 
-def run_main(main):
+def run_main(main, allow_args=False):
   """app.run(main), with tfcmir's bad-input errors printed as one line (no stack trace), exit 1."""
   from absl import app
 
   from tfcmir.data.corpus import InputError
 
   def guarded(argv):
-    # app.run turns on INFO logging for every library; gensim then logs each Word2Vec epoch.
-    for name in ("gensim", "smart_open"):
+    # app.run turns on INFO logging for every library: gensim logs each Word2Vec epoch, TensorFlow
+    # every SavedModel write.
+    for name in ("gensim", "smart_open", "tensorflow"):
       logging.getLogger(name).setLevel(logging.WARNING)
-    if len(argv) > 1:
+    if len(argv) > 1 and not allow_args:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
       return main(argv)

@@ -1,0 +1,198 @@
+"""Export: SavedModel (TF Serving contract), TFLite without TensorFlow, atomic exports, embed."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import HERE, REAL_AUDIO, REAL_FILES, ROOT, run_module
+from tfcmir import audio, embed, export, train
+from tfcmir.data.corpus import InputError
+from tfcmir.model import contrastive
+from tfcmir.prepare import genres
+
+
+@pytest.fixture(scope="module")
+def exported(small_prepared, tmp_path_factory):
+  """A small contr_cf_g model trained briefly on the small demo, then exported."""
+  _, tfrecord_dir, manifest = small_prepared
+  root = tmp_path_factory.mktemp("export")
+  table = genres.GenreVectors.load(tfrecord_dir).table
+  config = contrastive.model_config("contr_cf_g", table.shape, manifest["schema"]["cf_dim"],
+                                    channels=[8, 8, 16, 16, 16, 16, 32], hidden_dim=64,
+                                    embedding_dim=32)
+  run_dir = str(root / "run")
+  train.train(tfrecord_dir, run_dir, config, epochs=3, batch_size=32, learning_rate=1e-3,
+              weight_decay=1e-4, steps_per_epoch=8, verbose=0)
+  out = str(root / "demo_model")
+  manifest = export.export(run_dir, out, genre_vocab=os.path.join(tfrecord_dir, "genre_vocab.json"))
+  return run_dir, out, manifest
+
+
+def _rest(instances):
+  """What TF Serving does with a REST body {"instances": [...]}: JSON -> batched tensors."""
+  body = json.loads(json.dumps({"instances": instances}))
+  keys = body["instances"][0].keys()
+  return {k: np.array([row[k] for row in body["instances"]]) for k in keys}
+
+
+def test_saved_model_serves_the_rest_contract(exported):
+  run_dir, out, manifest = exported
+  model, _, _ = export.load_trained(run_dir)
+  loaded = tf.saved_model.load(os.path.join(out, "saved_model", "1"))
+  assert set(loaded.signatures) == {"serving_default", "from_waveform", "genres"}
+  rng = np.random.default_rng(0)
+  mel = rng.normal(-80, 15, (3, 256, 48)).astype(np.float32)
+  request = _rest([{"mel": m.tolist()} for m in mel])
+  outputs = loaded.signatures["serving_default"](mel=tf.constant(request["mel"], tf.float32))
+  assert set(outputs) == {"embedding", "projection"}
+  pre, proj = model.audio_encoder(mel, training=False, return_pre_head=True)
+  assert outputs["embedding"].shape == (3, manifest["embedding_dim"]) == pre.shape
+  assert export.relative_error(outputs["embedding"], pre) < 1e-5
+  assert export.relative_error(outputs["projection"], proj) < 1e-5
+  # from_waveform: the front end in the graph, non-overlapping 256-frame patches and their mean.
+  wave = audio.load_audio(os.path.join(REAL_AUDIO, "hedgewars_castle_mono16k.wav"))
+  request = _rest([{"waveform": wave.tolist()}])
+  got = loaded.signatures["from_waveform"](waveform=tf.constant(request["waveform"], tf.float32))
+  patches = np.asarray(audio.split_patches(audio.mel_spectrogram(wave)[None]))[0]
+  assert got["patch_embeddings"].shape == (1, len(patches), manifest["embedding_dim"])
+  expected = np.asarray(model.audio_encoder(patches, training=False, return_pre_head=True)[0])
+  assert export.relative_error(got["patch_embeddings"][0], expected) < 1e-4
+  np.testing.assert_allclose(got["embedding"][0], expected.mean(0), rtol=1e-4, atol=1e-5)
+  # The genre tower maps genre_vocab rows into the space of `projection`.
+  vocab = json.load(open(os.path.join(out, "genre_vocab.json")))["codes"]
+  ids = tf.constant([[vocab["GN0100"], vocab["GN0101"], 0]], tf.int64)
+  g = loaded.signatures["genres"](genre_ids=ids)["genre_projection"]
+  assert g.shape == (1, manifest["projection_dim"]) and np.all(np.isfinite(g))
+
+
+def test_warmup_requests_parse_back(exported):
+  from tensorflow_serving.apis import prediction_log_pb2
+  _, out, _ = exported
+  path = os.path.join(out, "saved_model", "1", "assets.extra", "tf_serving_warmup_requests")
+  logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+          for r in tf.data.TFRecordDataset(path)]
+  names = {log.predict_log.request.model_spec.signature_name for log in logs}
+  assert names == {"serving_default", "from_waveform", "genres"}
+  mel = next(l for l in logs if l.predict_log.request.model_spec.signature_name == "serving_default")
+  assert tf.make_ndarray(mel.predict_log.request.inputs["mel"]).shape == (1, 256, 48)
+
+
+def test_tflite_runs_without_tensorflow_and_matches(exported, tmp_path):
+  _, out, manifest = exported
+  rng = np.random.default_rng(1)
+  mel = rng.normal(-80, 15, (4, 256, 48)).astype(np.float32)
+  np.save(tmp_path / "mel.npy", mel)
+  wave = (0.2 * rng.standard_normal((1, 16000 * 6))).astype(np.float32)
+  np.save(tmp_path / "waveform.npy", wave)
+  loaded = tf.saved_model.load(os.path.join(out, "saved_model", "1"))
+  reference = {"mel": loaded.signatures["serving_default"](mel=tf.constant(mel))["embedding"].numpy(),
+               "waveform": loaded.signatures["from_waveform"](
+                   waveform=tf.constant(wave))["patch_embeddings"].numpy()}
+  for name in sorted(os.listdir(os.path.join(out, "tflite"))):
+    kind = "mel" if name.startswith("audio_mel") else "waveform"
+    result = subprocess.run(
+        [sys.executable, os.path.join(HERE, "tools", "litert_run.py"),
+         os.path.join(out, "tflite", name), kind, str(tmp_path / f"{kind}.npy"),
+         str(tmp_path / f"{name}.out.npy")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = np.load(tmp_path / f"{name}.out.npy")
+    if "float32" in name:
+      assert export.relative_error(got, reference[kind]) <= 1e-4, name
+    else:
+      assert export.cosine(got, reference[kind]) > 0.99, name
+  assert manifest["tflite"]["mel_dynamic_range"]  # the quantised mel model is shipped
+
+
+def test_export_manifest_checksums_and_atomicity(exported, monkeypatch, tmp_path):
+  run_dir, out, manifest = exported
+  on_disk = json.load(open(os.path.join(out, "export_manifest.json")))
+  assert on_disk["versions"]["tensorflow"] == tf.__version__
+  for rel, digest in on_disk["files"].items():
+    assert export.sha256_file(os.path.join(out, rel)) == digest
+  assert on_disk["verification"]["saved_model_vs_keras"] < 1e-5
+  with pytest.raises(InputError, match="already exists"):
+    export.export(run_dir, out)
+  # A failure half way leaves neither the export nor a partial folder behind.
+  def broken(*args, **kwargs):
+    raise RuntimeError("converter crashed")
+  monkeypatch.setattr(export, "convert_tflite", broken)
+  target = str(tmp_path / "never")
+  with pytest.raises(RuntimeError, match="converter crashed"):
+    export.export(run_dir, target, essentia=False)
+  assert not os.path.exists(target)
+  assert not [n for n in os.listdir(tmp_path) if ".partial" in n]
+
+
+def test_embed_real_excerpts_same_from_saved_model_and_tflite(exported, tmp_path):
+  _, out, manifest = exported
+  results = {}
+  for artifact in ("saved_model", "tflite"):
+    target = str(tmp_path / artifact)
+    result = run_module("tfcmir.embed", f"--embed_model={out}", f"--artifact={artifact}",
+                        f"--out={target}", "--per_patch", REAL_AUDIO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader(open(os.path.join(target, "index.csv"))))
+    assert [os.path.basename(r["path"]) for r in rows] == REAL_FILES  # every format, one row each
+    short = [r for r in rows if r["padded"] == "1"]
+    assert [os.path.basename(r["path"]) for r in short] == ["hedgewars_beach_3s_mono16k.wav"]
+    embeddings = np.load(os.path.join(target, "embeddings.npy"))
+    assert embeddings.shape == (len(REAL_FILES), manifest["embedding_dim"])
+    assert np.all(np.isfinite(embeddings))
+    patches = np.load(os.path.join(target, "patch_embeddings.npy"))
+    assert len(patches) == sum(int(r["patches"]) for r in rows)
+    results[artifact] = embeddings
+  assert export.relative_error(results["tflite"], results["saved_model"]) < 1e-4
+
+
+def test_embed_neighbours_share_genre(exported, small_demo, tmp_path):
+  _, out, _ = exported
+  gtzan = os.path.join(small_demo, "gtzan")
+  encoder = embed.Encoder(out)
+  paths = embed.find_audio([gtzan])
+  rows, per_patch, skipped = embed.embed_files(paths, encoder, progress=False)
+  assert not skipped and len(rows) == len(paths)
+  x = np.stack([p.mean(0) for p in per_patch])
+  x = (x - x.mean(0)) / (x.std(0) + 1e-9)
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  labels = np.array([os.path.basename(os.path.dirname(r["path"])) for r in rows])
+  sims = x @ x.T
+  np.fill_diagonal(sims, -np.inf)
+  agreement = np.mean(labels[np.argmax(sims, axis=1)] == labels)
+  assert agreement > 0.4  # 10 genres: chance is 0.1
+
+
+def test_embed_skips_unreadable_files_and_reports_them(exported, tmp_path):
+  _, out, _ = exported
+  bad = tmp_path / "broken.wav"
+  bad.write_bytes(b"RIFF not audio")
+  result = run_module("tfcmir.embed", f"--embed_model={out}", f"--out={tmp_path / 'e'}",
+                      "--embed_format=npz", str(bad), os.path.join(REAL_AUDIO, REAL_FILES[1]))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f"skipped {bad}: cannot be decoded" in result.stdout
+  data = np.load(tmp_path / "e" / "embeddings.npz")
+  assert data["embeddings"].shape[0] == 1 and list(data["paths"]) == [
+      os.path.join(REAL_AUDIO, REAL_FILES[1])]
+
+
+def test_essentia_graph_matches_the_saved_model(exported, tmp_path):
+  """The exported .pb in Essentia's TensorflowPredict (own process) = the SavedModel's embeddings."""
+  _, out, manifest = exported
+  graph = os.path.join(out, manifest["essentia"]["graph"])
+  card = json.load(open(os.path.join(out, manifest["essentia"]["metadata"])))
+  assert [o["output_purpose"] for o in card["schema"]["outputs"]] == ["embeddings", "embeddings"]
+  mel = np.random.default_rng(2).normal(-80, 15, (5, 256, 48)).astype(np.float32)
+  np.save(tmp_path / "mel.npy", mel)
+  result = subprocess.run([sys.executable, os.path.join(HERE, "tools", "essentia_predict.py"),
+                           "patches", graph, str(tmp_path / "mel.npy"), str(tmp_path / "emb.npy"),
+                           str(tmp_path / "proj.npy")], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  loaded = tf.saved_model.load(os.path.join(out, "saved_model", "1"))
+  reference = loaded.signatures["serving_default"](mel=tf.constant(mel))
+  assert export.relative_error(np.load(tmp_path / "emb.npy"), reference["embedding"]) <= 1e-4
+  assert export.relative_error(np.load(tmp_path / "proj.npy"), reference["projection"]) <= 1e-4

@@ -1,0 +1,188 @@
+"""`python -m tfcmir.embed --model=exports/NAME --out=DIR AUDIO [AUDIO ...]`: audio files -> embeddings.
+
+AUDIO are files or folders (searched recursively for wav, flac, ogg, mp3). Each file is decoded,
+mixed to mono and resampled to 16 kHz, turned into the Melon mel by the project's front end, cut into
+non-overlapping 256-frame patches (a file shorter than one patch is padded with silence and flagged),
+and the patches go through the chosen artifact of the export in batches:
+
+  --artifact=saved_model        saved_model/<version>/ (serving_default)
+  --artifact=tflite             tflite/audio_mel_float32.tflite (LiteRT)
+  --artifact=tflite_quantized   tflite/audio_mel_dynamic_range.tflite
+
+Writes to DIR: embeddings.npy (files, D), the mean of each file's patch embeddings; index.csv (row,
+path, patches, first_patch, padded); with --per_patch, patch_embeddings.npy (all patches, D). Or, with
+--embed_format=npz, the same arrays in one embeddings.npz. Unreadable files are skipped and listed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+import numpy as np
+from absl import flags
+from tqdm import tqdm
+
+from tfcmir import audio
+from tfcmir import flags as tfcmir_flags
+from tfcmir.data.corpus import InputError
+
+FLAGS = flags.FLAGS
+PATCH_FRAMES = 256
+TFLITE_FILES = {"tflite": "audio_mel_float32.tflite", "tflite_quantized": "audio_mel_dynamic_range.tflite"}
+
+
+def find_audio(paths):
+  """Files and folders -> the audio files, folders walked recursively, in sorted order."""
+  found = []
+  for path in paths:
+    if os.path.isdir(path):
+      for folder, dirs, files in os.walk(path):
+        dirs.sort()
+        found += [os.path.join(folder, f) for f in sorted(files)
+                  if f.lower().endswith(audio.AUDIO_EXTENSIONS)]
+    else:
+      found.append(path)  # a missing or odd file is reported when it is read
+  return found
+
+
+class Encoder:
+  """The mel-patch encoder of an export: SavedModel or TFLite, one `__call__` for both."""
+
+  def __init__(self, export_dir, artifact="saved_model"):
+    manifest_path = os.path.join(export_dir, "export_manifest.json")
+    if not os.path.exists(manifest_path):
+      raise InputError(f"{export_dir}: not an export (no export_manifest.json); run tfcmir.export")
+    with open(manifest_path, encoding="utf-8") as f:
+      self.manifest = json.load(f)
+    self.artifact = artifact
+    if artifact == "saved_model":
+      import tensorflow as tf
+      path = os.path.join(export_dir, "saved_model", str(self.manifest["version"]))
+      self._fn = tf.saved_model.load(path).signatures["serving_default"]
+      self._run = lambda x: self._fn(mel=tf.constant(x))["embedding"].numpy()
+    elif artifact in TFLITE_FILES:
+      path = os.path.join(export_dir, "tflite", TFLITE_FILES[artifact])
+      if not os.path.exists(path):
+        raise InputError(f"{path}: this export has no such TFLite model")
+      from ai_edge_litert.interpreter import Interpreter
+      self._interpreter = Interpreter(model_path=path)
+      self._size = None
+      self._run = self._run_tflite
+    else:
+      raise InputError(f"--artifact must be saved_model, tflite or tflite_quantized, got {artifact}")
+
+  def _run_tflite(self, patches):
+    if self._size != len(patches):
+      index = self._interpreter.get_input_details()[0]["index"]
+      self._interpreter.resize_tensor_input(index, patches.shape)
+      self._interpreter.allocate_tensors()
+      self._size = len(patches)
+    return self._interpreter.get_signature_runner()(mel=patches)["embedding"]
+
+  def __call__(self, patches):
+    """float32 (n, 256, 48) mel patches -> (n, D) embeddings."""
+    return np.asarray(self._run(np.ascontiguousarray(patches, np.float32)))
+
+
+def file_patches(path):
+  """One file -> ((patches, 256, 48) mel patches, padded: bool, seconds of audio)."""
+  waveform = audio.load_audio(path)
+  mel = audio.mel_spectrogram(waveform)
+  patches = np.asarray(audio.split_patches(mel[None], PATCH_FRAMES))[0]
+  return patches, mel.shape[0] < PATCH_FRAMES, len(waveform) / audio.SAMPLE_RATE
+
+
+def embed_files(paths, encoder, batch_patches=64, progress=True):
+  """Embeds every readable file; returns (rows, patch embeddings list, skipped [(path, reason)])."""
+  rows, per_patch, skipped = [], [], []
+  pending, pending_rows = [], []
+
+  def flush():
+    if not pending:
+      return
+    out = encoder(np.concatenate(pending))
+    start = 0
+    for row in pending_rows:
+      per_patch.append(out[start:start + row["patches"]])
+      start += row["patches"]
+    pending.clear()
+    pending_rows.clear()
+
+  for path in tqdm(paths, desc="embed", unit="file", disable=not progress):
+    try:
+      patches, padded, seconds = file_patches(path)
+    except audio.AudioError as err:
+      skipped.append((path, err.problem))
+      continue
+    row = {"path": path, "patches": len(patches), "padded": padded, "seconds": seconds}
+    rows.append(row)
+    pending.append(patches)
+    pending_rows.append(row)
+    if sum(len(p) for p in pending) >= batch_patches:
+      flush()
+  flush()
+  return rows, per_patch, skipped
+
+
+def write_outputs(out, rows, per_patch, per_patch_out=False, fmt="npy"):
+  """Writes the arrays and the index, each under a temporary name renamed when complete."""
+  os.makedirs(out, exist_ok=True)
+  means = np.stack([p.mean(0) for p in per_patch]).astype(np.float32) if per_patch else np.zeros((0, 0))
+  first = np.cumsum([0] + [r["patches"] for r in rows])[:-1]
+  arrays = {"embeddings": means}
+  if per_patch_out:
+    arrays["patch_embeddings"] = (np.concatenate(per_patch).astype(np.float32) if per_patch
+                                  else np.zeros((0, 0), np.float32))
+  if fmt == "npz":
+    arrays.update(paths=np.array([r["path"] for r in rows]), patches=np.array([r["patches"] for r in rows]),
+                  first_patch=first, padded=np.array([r["padded"] for r in rows]))
+    _atomic(os.path.join(out, "embeddings.npz"), lambda f: np.savez(f, **arrays))
+    return
+  for name, array in arrays.items():
+    _atomic(os.path.join(out, f"{name}.npy"), lambda f, a=array: np.save(f, a))
+
+  def write_index(f):
+    writer = csv.writer(f)
+    writer.writerow(["row", "path", "patches", "first_patch", "padded", "seconds"])
+    for i, (row, start) in enumerate(zip(rows, first)):
+      writer.writerow([i, row["path"], row["patches"], int(start), int(row["padded"]),
+                       f"{row['seconds']:.2f}"])
+  _atomic(os.path.join(out, "index.csv"), write_index, text=True)
+
+
+def _atomic(path, write, text=False):
+  temporary = path + ".partial"
+  with open(temporary, "w" if text else "wb", newline="" if text else None) as f:
+    write(f)
+  os.replace(temporary, path)
+
+
+def main(argv):
+  if not FLAGS.embed_model:
+    raise InputError("--embed_model is required (an export folder, e.g. exports/contr_cf_g)")
+  if not FLAGS.out:
+    raise InputError("--out is required (where the embeddings go)")
+  paths = find_audio(argv[1:])
+  if not paths:
+    raise InputError("no audio files given (pass files or folders after the flags)")
+  started = time.time()
+  encoder = Encoder(FLAGS.embed_model, FLAGS.artifact)
+  rows, per_patch, skipped = embed_files(paths, encoder, FLAGS.embed_batch)
+  write_outputs(FLAGS.out, rows, per_patch, FLAGS.per_patch, FLAGS.embed_format)
+  elapsed = time.time() - started
+  audio_seconds = sum(r["seconds"] for r in rows)
+  print(f"embedded {len(rows)} files ({sum(r['patches'] for r in rows)} patches, "
+        f"{audio_seconds:.0f} s of audio) with {FLAGS.artifact} in {elapsed:.1f} s "
+        f"({audio_seconds / max(elapsed, 1e-9):.0f}x real time) -> {FLAGS.out}")
+  padded = [r["path"] for r in rows if r["padded"]]
+  if padded:
+    print(f"shorter than one patch, padded with silence: {len(padded)} ({', '.join(padded[:5])})")
+  for path, reason in skipped:
+    print(f"skipped {path}: {reason}")
+
+
+if __name__ == "__main__":
+  tfcmir_flags.run_main(main, allow_args=True)

@@ -1,0 +1,358 @@
+"""`python -m tfcmir.export --checkpoint=runs/NAME --out=exports/NAME`: the trained audio encoder, shipped.
+
+Writes, in one go, into a temporary folder renamed to --out when everything is written and verified:
+
+  saved_model/<version>/  SavedModel in TF Serving's layout, signatures
+                            serving_default  mel (batch, 256, 48) -> embedding (pre-head), projection
+                            from_waveform    waveform (batch, samples) 16 kHz mono -> patch_embeddings
+                                             (batch, patches, D), embedding (batch, D): the mean
+                            genres           genre_ids (batch, T_w) -> genre_projection (contrastive
+                                             models with a genre tower only)
+                          and assets.extra/tf_serving_warmup_requests (PredictionLog records)
+  tflite/                 audio_mel_{float32,dynamic_range}.tflite, audio_waveform_{...}.tflite
+  essentia/               frozen graph .pb (input node `mel`) + the JSON metadata Essentia models ship
+  genre_vocab.json        genre code -> genre_ids row, for the genres signature
+  export_manifest.json    checkpoint, flags, versions, sha256 of every file, verification errors
+  README.md               how to call each artifact
+
+Each artifact is checked against the Keras model on the same inputs before the folder is renamed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags, logging
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+from tfcmir import __version__, audio
+from tfcmir import flags as tfcmir_flags
+from tfcmir.data.corpus import InputError
+from tfcmir.model import contrastive
+
+FLAGS = flags.FLAGS
+PATCH_FRAMES = 256
+MIN_QUANTIZED_COSINE = 0.99  # a quantised model whose embeddings drift further is not shipped
+
+
+def load_trained(checkpoint):
+  """A run folder, a .weights.h5 file or a tf.train checkpoint prefix -> (model, config, weights path).
+
+  A run folder gives its best-validation weights (best.weights.h5), else its latest checkpoint.
+  """
+  if os.path.isdir(checkpoint):
+    run_dir = checkpoint
+  elif checkpoint.endswith(".weights.h5"):
+    run_dir = os.path.dirname(checkpoint)
+  else:  # a tf.train prefix: RUN/checkpoints/ckpt-N
+    run_dir = os.path.dirname(os.path.dirname(checkpoint))
+  config_path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(config_path):
+    raise InputError(f"{checkpoint}: no config.json in {run_dir}; point --checkpoint at a training "
+                     "run folder (runs/NAME) or a file inside it")
+  with open(config_path, encoding="utf-8") as f:
+    run = json.load(f)
+  model = contrastive.build_model(run["model"])
+  model.build_from_batch(dummy_batch(run["model"]))
+  if os.path.isdir(checkpoint):
+    best = os.path.join(checkpoint, "best.weights.h5")
+    checkpoint = best if os.path.exists(best) else tf.train.latest_checkpoint(
+        os.path.join(checkpoint, "checkpoints"))
+    if checkpoint is None:
+      raise InputError(f"{run_dir}: holds no weights yet (no best.weights.h5, no checkpoint)")
+  if checkpoint.endswith(".weights.h5"):
+    model.load_weights(checkpoint)
+  else:
+    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+  return model, run, checkpoint
+
+
+def dummy_batch(model_config, batch=1, max_genres=10):
+  return {"mel": np.zeros((batch, PATCH_FRAMES, 48), np.float32),
+          "genres": np.zeros((batch, max_genres), np.int64),
+          "cf": np.zeros((batch, model_config["cf_dim"]), np.float32)}
+
+
+class AudioTower(tf.Module):
+  """The exported functions: the encoder on mel patches, on waveforms, and the genre tower."""
+
+  def __init__(self, model):
+    super().__init__()
+    self.audio_encoder = model.audio_encoder
+    self.genre_encoder = model.genre_encoder
+    self.frontend = audio.MelSpectrogram()
+
+  @tf.function(input_signature=[tf.TensorSpec([None, PATCH_FRAMES, 48], tf.float32, name="mel")])
+  def serve_mel(self, mel):
+    pre_head, projection = self.audio_encoder(mel, training=False, return_pre_head=True)
+    return {"embedding": pre_head, "projection": projection}
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")])
+  def from_waveform(self, waveform):
+    patches = audio.split_patches(self.frontend(waveform), PATCH_FRAMES)  # (b, n, 256, 48)
+    batch, count = tf.shape(patches)[0], tf.shape(patches)[1]
+    flat = tf.reshape(patches, [batch * count, PATCH_FRAMES, 48])
+    pre_head, projection = self.audio_encoder(flat, training=False, return_pre_head=True)
+    per_patch = tf.reshape(pre_head, [batch, count, pre_head.shape[-1]])
+    projections = tf.reshape(projection, [batch, count, projection.shape[-1]])
+    return {"patch_embeddings": per_patch, "embedding": tf.reduce_mean(per_patch, axis=1),
+            "patch_projections": projections}
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int64, name="genre_ids")])
+  def genres(self, genre_ids):
+    return {"genre_projection": self.genre_encoder(genre_ids, training=False)}
+
+
+def signatures(tower):
+  out = {"serving_default": tower.serve_mel, "from_waveform": tower.from_waveform}
+  if tower.genre_encoder is not None:
+    out["genres"] = tower.genres
+  return out
+
+
+def warmup_requests(path, model_name, has_genres):
+  """TF Serving's warm-up file: one PredictRequest per signature, as PredictionLog records."""
+  from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+  inputs = {"serving_default": {"mel": np.zeros((1, PATCH_FRAMES, 48), np.float32)},
+            "from_waveform": {"waveform": np.zeros((1, audio.SAMPLE_RATE * 5), np.float32)}}
+  if has_genres:
+    inputs["genres"] = {"genre_ids": np.array([[1, 0]], np.int64)}
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with tf.io.TFRecordWriter(path) as writer:
+    for signature, tensors in inputs.items():
+      request = predict_pb2.PredictRequest(
+          model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+      for key, value in tensors.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+      log = prediction_log_pb2.PredictionLog(
+          predict_log=prediction_log_pb2.PredictLog(request=request))
+      writer.write(log.SerializeToString())
+  return len(inputs)
+
+
+def freeze(function):
+  """A signature with its variables folded into constants, outputs keeping their names.
+
+  Converting the SavedModel directly keeps Keras 3's variables as TFLite resource variables
+  (READ_VARIABLE ops that the plain runtime cannot initialise: -inf out); freezing first avoids it.
+  """
+  frozen = convert_variables_to_constants_v2(function)
+  specs = function.structured_input_signature[1]
+  (name, spec), = specs.items()
+  keys = sorted(function.structured_outputs)  # the order tf.nest flattens a dict in
+
+  @tf.function(input_signature=[spec])
+  def named(x):
+    return dict(zip(keys, frozen(x)))
+
+  named.__name__ = name
+  return named.get_concrete_function()
+
+
+def convert_tflite(saved_model_dir, signature, quantize):
+  loaded = tf.saved_model.load(saved_model_dir)
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [freeze(loaded.signatures[signature])], loaded)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # what any app's runtime has
+  if quantize:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic-range: int8 weights, float math
+  return converter.convert()
+
+
+def run_tflite(model_content, inputs):
+  """Runs a .tflite model (bytes) on {input name: array}; returns {output name: array}."""
+  from ai_edge_litert.interpreter import Interpreter
+
+  interpreter = Interpreter(model_content=model_content)
+  # Tensor names are '<signature>_<input>:0'; resize before anything holds the interpreter's buffers.
+  for detail in interpreter.get_input_details():
+    for name, value in inputs.items():
+      if detail["name"].split(":")[0].endswith(f"_{name}") or detail["name"] == name:
+        interpreter.resize_tensor_input(detail["index"], value.shape)
+  interpreter.allocate_tensors()
+  return interpreter.get_signature_runner()(**inputs)
+
+
+def relative_error(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+
+
+def cosine(a, b):
+  a, b = np.asarray(a, np.float64).reshape(len(a), -1), np.asarray(b, np.float64).reshape(len(b), -1)
+  return float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def sha256_file(path):
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def verification_inputs(seed=0):
+  """Real-music-like inputs: a demo-style waveform of 10 s, and its mel patches."""
+  rng = np.random.default_rng(seed)
+  t = np.arange(audio.SAMPLE_RATE * 10) / audio.SAMPLE_RATE
+  tones = sum(np.sin(2 * np.pi * f * t) * (0.1 + 0.05 * rng.random()) for f in (110, 220, 330, 660))
+  waveform = (tones * (1 + 0.5 * np.sin(2 * np.pi * 2 * t)) + 0.01 * rng.standard_normal(len(t)))
+  waveform = (0.3 * waveform / np.max(np.abs(waveform))).astype(np.float32)[None]
+  patches = np.asarray(audio.split_patches(audio.mel_spectrogram(waveform), PATCH_FRAMES))[0]
+  return waveform, patches.astype(np.float32)
+
+
+def export(checkpoint, out, version=1, overwrite=False, name=None, flags_used=None,
+           genre_vocab=None, essentia=True):
+  """Writes every artifact to `out` (atomically); returns the export manifest (a dict)."""
+  model, run, weights = load_trained(checkpoint)
+  name = name or os.path.basename(os.path.normpath(out))
+  if os.path.exists(out) and not overwrite:
+    raise InputError(f"{out}: already exists; use --overwrite to replace it")
+  partial = f"{os.path.normpath(out)}.partial-{os.getpid()}"
+  shutil.rmtree(partial, ignore_errors=True)
+  os.makedirs(partial)
+  try:
+    manifest = _write_all(model, run, weights, partial, name, version, genre_vocab, essentia)
+    manifest["flags"] = flags_used or {}
+    manifest["files"] = {os.path.relpath(os.path.join(d, f), partial): sha256_file(os.path.join(d, f))
+                         for d, _, files in os.walk(partial) for f in sorted(files)}
+    with open(os.path.join(partial, "export_manifest.json"), "w", encoding="utf-8") as f:
+      json.dump(manifest, f, indent=1)
+    if os.path.exists(out):
+      shutil.rmtree(out)
+    os.replace(partial, out)
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)  # never leave half an export behind
+    raise
+  return manifest
+
+
+def _write_all(model, run, weights, out, name, version, genre_vocab, essentia):
+  tower = AudioTower(model)
+  saved_model = os.path.join(out, "saved_model", str(version))
+  tf.saved_model.save(tower, saved_model, signatures=signatures(tower))
+  has_genres = tower.genre_encoder is not None
+  try:
+    warmups = warmup_requests(os.path.join(saved_model, "assets.extra", "tf_serving_warmup_requests"),
+                              name, has_genres)
+  except ImportError:
+    logging.warning("tensorflow-serving-api is not installed (pip install -e '.[serving]'): "
+                    "no warm-up requests written")
+    warmups = 0
+  waveform, patches = verification_inputs()
+  keras_pre, keras_proj = model.audio_encoder(patches, training=False, return_pre_head=True)
+  loaded = tf.saved_model.load(saved_model)
+  sm_mel = loaded.signatures["serving_default"](mel=tf.constant(patches))
+  sm_wave = loaded.signatures["from_waveform"](waveform=tf.constant(waveform))
+  checks = {"saved_model_vs_keras": max(relative_error(sm_mel["embedding"], keras_pre),
+                                        relative_error(sm_mel["projection"], keras_proj)),
+            "from_waveform_vs_mel_patches": relative_error(sm_wave["patch_embeddings"][0],
+                                                          sm_mel["embedding"])}
+  os.makedirs(os.path.join(out, "tflite"))
+  tflite_files = {}
+  for kind, signature, inputs, reference in (
+      ("mel", "serving_default", {"mel": patches}, sm_mel["embedding"]),
+      ("waveform", "from_waveform", {"waveform": waveform}, sm_wave["patch_embeddings"])):
+    for quantize, suffix in ((False, "float32"), (True, "dynamic_range")):
+      content = convert_tflite(saved_model, signature, quantize)
+      got = run_tflite(content, inputs)
+      key = "embedding" if kind == "mel" else "patch_embeddings"
+      if quantize:
+        checks[f"tflite_{kind}_{suffix}_min_cosine"] = similarity = cosine(got[key], reference)
+        if similarity < MIN_QUANTIZED_COSINE:
+          # Measured: dynamic-range quantisation also turns the front end's 257 x 48 mel filterbank
+          # into int8, which moves the dB values by several dB (cosine 0.73 on the demo model).
+          logging.warning("audio_%s_%s.tflite not written: cosine %.3f with the float model < %.2f",
+                          kind, suffix, similarity, MIN_QUANTIZED_COSINE)
+          continue
+      else:
+        checks[f"tflite_{kind}_{suffix}_vs_saved_model"] = relative_error(got[key], reference)
+      path = os.path.join(out, "tflite", f"audio_{kind}_{suffix}.tflite")
+      with open(path, "wb") as f:
+        f.write(content)
+      tflite_files[f"{kind}_{suffix}"] = os.path.relpath(path, out)
+  essentia_files = {}
+  if essentia:
+    from tfcmir import export_essentia
+    pb, meta = export_essentia.write_essentia_model(
+        model.audio_encoder, os.path.join(out, "essentia"), f"tfcmir-{name}",
+        {"version": str(version),
+         "dataset": {"name": f"prepared shards {run['data']['tfrecord_dir']} "
+                             f"(fingerprint {run['data']['fingerprint'][:12]})"}})
+    essentia_files = {"graph": os.path.relpath(pb, out), "metadata": os.path.relpath(meta, out)}
+  if genre_vocab:
+    shutil.copy(genre_vocab, os.path.join(out, "genre_vocab.json"))
+  with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
+    f.write(export_readme(name, version, model, has_genres))
+  return {"name": name, "version": version, "mode": run["model"]["mode"],
+          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "checkpoint": os.path.abspath(weights), "model": run["model"],
+          "embedding_dim": int(keras_pre.shape[-1]), "projection_dim": int(keras_proj.shape[-1]),
+          "patch_frames": PATCH_FRAMES, "sample_rate": audio.SAMPLE_RATE,
+          "signatures": sorted(signatures(tower)), "warmup_requests": warmups,
+          "tflite": tflite_files, "essentia": essentia_files, "verification": checks,
+          "versions": {"tfcmir": __version__, "tensorflow": tf.__version__,
+                       "keras": keras.__version__, "numpy": np.__version__}}
+
+
+def export_readme(name, version, model, has_genres):
+  return f"""# {name}: tfcmir audio encoder
+
+Trained with tfcmir ({model.mode}). Input: 48-band mel patches of 256 frames (16 kHz, frame 512, hop
+256, Essentia's Melon front end), or 16 kHz mono waveforms. `embedding` is the pre-head vector the
+downstream tasks use; `projection` is the contrastive space shared with the genre tower.
+
+## TensorFlow Serving
+
+    docker run -p 8501:8501 -v "$PWD/saved_model:/models/{name}" -e MODEL_NAME={name} tensorflow/serving
+    curl -X POST localhost:8501/v1/models/{name}:predict -d '{{"signature_name": "from_waveform",
+         "instances": [{{"waveform": [0.0, 0.01, ...]}}]}}'
+    curl -X POST localhost:8501/v1/models/{name}:predict -d '{{"instances": [{{"mel": [[...48 floats...],
+         ...256 rows...]}}]}}'
+
+Version {version} lives in `saved_model/{version}/`; `assets.extra/tf_serving_warmup_requests` warms
+every signature up at load.{" The `genres` signature maps genre_ids (rows of genre_vocab.json, 0 = padding) to the shared space." if has_genres else ""}
+
+## TFLite (LiteRT)
+
+`tflite/audio_mel_float32.tflite` (mel patches) and `tflite/audio_waveform_float32.tflite` (waveform,
+any length: resize the input first); `audio_mel_dynamic_range.tflite` is ~3x smaller with int8
+weights (cosine >= 0.99 with the float model; see export_manifest.json). A quantised waveform model
+is shipped only when it too stays above 0.99: quantising the front end's mel filterbank usually
+breaks that, so put the float front end before the quantised mel model instead.
+
+## Essentia
+
+`essentia/` holds a frozen graph with input node `mel` and output nodes `embeddings` and
+`projection`, and its JSON metadata.
+
+See `export_manifest.json` for the checkpoint, versions, checksums and the measured agreement of
+every artifact with the Keras model.
+"""
+
+
+def main(argv):
+  if not FLAGS.checkpoint:
+    raise InputError("--checkpoint is required (a training run folder, e.g. runs/demo/contr_cf_g)")
+  out = FLAGS.out or os.path.join(FLAGS.export_dir, os.path.basename(os.path.normpath(FLAGS.checkpoint)))
+  vocab = os.path.join(FLAGS.tfrecord_dir, "genre_vocab.json")
+  manifest = export(FLAGS.checkpoint, out, FLAGS.export_version, FLAGS.overwrite,
+                    flags_used=tfcmir_flags.resolved(),
+                    genre_vocab=vocab if os.path.exists(vocab) else None)
+  print(f"exported {manifest['checkpoint']} -> {out}")
+  print("| check | value |\n|---|---|")
+  for key, value in manifest["verification"].items():
+    print(f"| {key} | {value:.3g} |")
+
+
+if __name__ == "__main__":
+  tfcmir_flags.run_main(main)
