@@ -196,3 +196,17 @@ def test_essentia_graph_matches_the_saved_model(exported, tmp_path):
   reference = loaded.signatures["serving_default"](mel=tf.constant(mel))
   assert export.relative_error(np.load(tmp_path / "emb.npy"), reference["embedding"]) <= 1e-4
   assert export.relative_error(np.load(tmp_path / "proj.npy"), reference["projection"]) <= 1e-4
+
+
+def test_baselines_export_without_a_genre_tower(small_prepared, tmp_path):
+  _, tfrecord_dir, manifest = small_prepared
+  table = genres.GenreVectors.load(tfrecord_dir).table
+  config = contrastive.model_config("bline_cf_g", table.shape, manifest["schema"]["cf_dim"],
+                                    channels=[4, 4, 8, 8, 8, 8, 16], hidden_dim=32, embedding_dim=16)
+  run_dir = str(tmp_path / "run")
+  train.train(tfrecord_dir, run_dir, config, epochs=1, batch_size=32, learning_rate=1e-3,
+              weight_decay=0, steps_per_epoch=1, verbose=0)
+  exported = export.export(run_dir, str(tmp_path / "bline"), essentia=False)
+  assert exported["signatures"] == ["from_waveform", "serving_default"]
+  loaded = tf.saved_model.load(str(tmp_path / "bline" / "saved_model" / "1"))
+  assert set(loaded.signatures) == {"serving_default", "from_waveform"}

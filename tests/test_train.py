@@ -95,7 +95,7 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(small_pre
               weight_decay=0, steps_per_epoch=2, verbose=0)
   good = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
   monkeypatch.setattr(tasks.CFRegression, "call",
-                      lambda self, audio, cf: {"cf": tf.reduce_sum(audio) * np.nan})
+                      lambda self, audio, cf: {"cf": tf.reduce_sum(self.head(audio)) * np.nan})
   with pytest.raises(InputError, match=r"non-finite loss .* epoch 2, step 1.*last good checkpoint"):
     train.train(tfrecord_dir, model_dir, config, epochs=2, batch_size=32, learning_rate=1e-3,
                 weight_decay=0, steps_per_epoch=2, verbose=0)
@@ -129,3 +129,23 @@ def test_mixed_precision_and_xla_train_with_float32_losses(small_prepared, tmp_p
       assert model.audio_encoder.compute_dtype == "bfloat16"
   finally:
     keras.mixed_precision.set_global_policy("float32")
+
+
+def test_checkpoints_hold_every_variable(small_prepared, tmp_path):
+  """Resuming restores all weights, batch-norm statistics of the conv blocks included."""
+  import tensorflow as tf
+  from tfcmir import export
+  _, tfrecord_dir, manifest = small_prepared
+  model_dir = str(tmp_path / "run")
+  summary = train.train(tfrecord_dir, model_dir, tiny_config("contr_cf_g", tfrecord_dir, manifest),
+                        epochs=1, batch_size=32, learning_rate=1e-3, weight_decay=0,
+                        steps_per_epoch=2, verbose=0)
+  trained = {v.path.split("/", 1)[1]: v.numpy() for v in summary["model"].variables
+             if "seed_generator" not in v.path}  # dropout RNG states are not checkpointed
+  prefix = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+  model, _, _ = export.load_trained(prefix)  # a fresh model, restored from the tf.train checkpoint
+  restored = {v.path.split("/", 1)[1]: v.numpy() for v in model.variables
+              if "seed_generator" not in v.path}
+  assert len(restored) == len(trained) and any("conv3" in p for p in restored)
+  for path, value in trained.items():
+    np.testing.assert_array_equal(restored[path], value, err_msg=path)

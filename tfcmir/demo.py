@@ -1,13 +1,16 @@
 """The main job on the demo data: `python -m tfcmir.demo --flagfile=configs/demo.flags`.
 
-Runs the whole pipeline that exists so far on the built-in demo data, and ends with a summary:
+The whole pipeline on the built-in demo data, ending with the paper's three tables:
   1. generate the demo datasets (Melon, GTZAN and MTG-Jamendo layouts) into --demo_dir;
   2. check that they carry learnable structure (tfcmir.data.probes), and stop if not;
-  3. prepare the demo Melon corpus into shards (--tfrecord_dir), as `python -m tfcmir.prepare` does;
-  4. train the contrastive model (--mode) on them, as `python -m tfcmir.train` does, and check that its
-     audio embeddings of held-out songs predict genre better than the same encoder untrained;
-  5. export the trained audio encoder (SavedModel, TFLite, Essentia), as `python -m tfcmir.export`.
-The downstream evaluation joins this job when it is built.
+  3. prepare the demo Melon corpus into shards (--tfrecord_dir), as `python -m tfcmir.prepare`;
+  4. train the contrastive model (--mode, Contr_CF-G) and the baseline B-line_CF-G, as
+     `python -m tfcmir.train`, into <--model_dir or runs/demo>/<mode>; the contrastive encoder must
+     predict the genre of held-out songs better than the same encoder untrained;
+  5. export both audio encoders, as `python -m tfcmir.export`, into <--export_dir>/demo/<mode>;
+  6. evaluate both on GTZAN, MTG-Jamendo and playlist continuation, as `python -m tfcmir.evaluate`,
+     into <--eval_dir>/demo, and print the tables.
+Every step reuses what an earlier run left complete, so a re-run after a kill goes on where it stopped.
 """
 
 import os
@@ -20,6 +23,7 @@ from tfcmir import flags as tfcmir_flags
 from tfcmir.data import demo, probes
 
 FLAGS = flags.FLAGS
+BASELINE = "bline_cf_g"
 
 # A demo dataset whose probes fall below these has lost its structure (measured on the default demo:
 # genre 0.93, GTZAN transfer 0.75, playlist hit@50 0.24 against 0.03 at random).
@@ -27,65 +31,96 @@ MIN_GENRE_ACCURACY = 0.6
 MIN_PLAYLIST_LIFT = 3.0
 
 
+class Steps:
+  """Prints numbered steps and keeps their timings."""
+
+  def __init__(self, total):
+    self.total, self.done, self.timings = total, 0, {}
+
+  def start(self, title):
+    self.done += 1
+    self.title, self.started = title, time.time()
+    print(f"\n[{self.done}/{self.total}] {title}", flush=True)
+
+  def end(self):
+    self.timings[self.title] = time.time() - self.started
+
+  def table(self):
+    lines = ["| step | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in self.timings.items()]
+    return "\n".join(lines + [f"| total | {sum(self.timings.values()):.1f} |"])
+
+
 def main(argv):
   from tfcmir import export as export_cli
   from tfcmir import train as train_cli
+  from tfcmir.evaluate import cli as evaluate_cli
   from tfcmir.prepare import cli as prepare_cli
 
-  timings = {}
+  steps = Steps(6)
   out = FLAGS.out or FLAGS.demo_dir
-
-  started = time.time()
-  print(f"[1/5] demo datasets -> {out}", flush=True)
+  steps.start(f"demo datasets -> {out}")
   manifest = demo.generate(out, demo.config_from_flags(), FLAGS.workers, FLAGS.overwrite)
   print(demo.summary(out, manifest), flush=True)
-  timings["generate demo data"] = time.time() - started
+  steps.end()
 
-  started = time.time()
-  print("\n[2/5] structure probes", flush=True)
-  report = probes.demo_structure(out, seed=FLAGS.seed)
-  print(probes.format_report(report), flush=True)
-  if (report["genre"][0] < MIN_GENRE_ACCURACY
-      or report["playlist"][0] < MIN_PLAYLIST_LIFT * report["playlist"][1]):
+  steps.start("structure probes")
+  structure = probes.demo_structure(out, seed=FLAGS.seed)
+  print(probes.format_report(structure), flush=True)
+  if (structure["genre"][0] < MIN_GENRE_ACCURACY
+      or structure["playlist"][0] < MIN_PLAYLIST_LIFT * structure["playlist"][1]):
     print("error: the demo data lacks learnable genre or playlist structure", file=sys.stderr)
     sys.exit(1)
-  timings["structure probes"] = time.time() - started
+  steps.end()
 
-  started = time.time()
-  print(f"\n[3/5] prepare the demo Melon corpus -> {FLAGS.tfrecord_dir}", flush=True)
+  steps.start(f"prepare the demo Melon corpus -> {FLAGS.tfrecord_dir}")
   FLAGS.source = "melon"
   FLAGS.melon_dir = os.path.join(out, "melon")  # the data this job generated, whatever the flagfile
-  prepared = prepare_cli.run(FLAGS.tfrecord_dir)
-  print(prepare_cli.summary(FLAGS.tfrecord_dir, prepared), flush=True)
-  timings["prepare shards"] = time.time() - started
+  print(prepare_cli.summary(FLAGS.tfrecord_dir, prepare_cli.run(FLAGS.tfrecord_dir)), flush=True)
+  steps.end()
 
-  started = time.time()
-  model_dir = FLAGS.model_dir or os.path.join("runs", "demo", FLAGS.mode)
-  print(f"\n[4/5] train {FLAGS.mode} -> {model_dir}", flush=True)
-  FLAGS.model_dir = model_dir
-  trained, probe_result = train_cli.run()
-  print(train_cli.format_summary(trained, probe_result), flush=True)
-  timings[f"train {FLAGS.mode}"] = time.time() - started
-  if probe_result["trained"] <= max(probe_result["untrained"], 2 * probe_result["chance"]):
-    print("error: the trained audio encoder is no better than an untrained one", file=sys.stderr)
-    sys.exit(1)
+  runs_root = FLAGS.model_dir or os.path.join("runs", "demo")
+  modes = [FLAGS.mode] + ([BASELINE] if FLAGS.mode != BASELINE else [])
+  steps.start(f"train {', '.join(modes)} -> {runs_root}")
+  for mode in modes:
+    FLAGS.mode, FLAGS.model_dir = mode, os.path.join(runs_root, mode)
+    trained, probe_result = train_cli.run()
+    print(train_cli.format_summary(trained, probe_result), flush=True)
+    if mode == modes[0] and probe_result["trained"] <= max(probe_result["untrained"],
+                                                           2 * probe_result["chance"]):
+      print("error: the trained audio encoder is no better than an untrained one", file=sys.stderr)
+      sys.exit(1)
+  steps.end()
 
-  started = time.time()
-  export_dir = os.path.join(FLAGS.export_dir, "demo", FLAGS.mode)
-  print(f"\n[5/5] export the audio encoder -> {export_dir}", flush=True)
-  exported = export_cli.export(model_dir, export_dir, FLAGS.export_version, overwrite=True,
-                               flags_used=tfcmir_flags.resolved(),
-                               genre_vocab=os.path.join(FLAGS.tfrecord_dir, "genre_vocab.json"))
-  for key, value in exported["verification"].items():
-    print(f"  {key}: {value:.3g}")
-  timings["export"] = time.time() - started
+  steps.start("export the audio encoders")
+  exports = []
+  for mode in modes:
+    export_dir = os.path.join(FLAGS.export_dir, "demo", mode)
+    exported = export_cli.export(os.path.join(runs_root, mode), export_dir, FLAGS.export_version,
+                                 overwrite=True, flags_used=tfcmir_flags.resolved(),
+                                 genre_vocab=os.path.join(FLAGS.tfrecord_dir, "genre_vocab.json"))
+    checks = ", ".join(f"{k} {v:.2g}" for k, v in exported["verification"].items())
+    print(f"{export_dir}: {checks}", flush=True)
+    exports.append(export_dir)
+  steps.end()
 
-  print("\n| step | seconds |\n|---|---|")
-  for step, seconds in timings.items():
-    print(f"| {step} | {seconds:.1f} |")
-  print(f"| total | {sum(timings.values()):.1f} |")
-  print("\ndone: demo data generated, structure confirmed, shards prepared, model trained, "
-        "encoder exported")
+  eval_dir = os.path.join(FLAGS.eval_dir, "demo")
+  steps.start(f"evaluate (GTZAN, MTG-Jamendo, playlist continuation) -> {eval_dir}")
+  tables = evaluate_cli.evaluate(
+      ["gtzan", "jamendo", "continuation"], exports, eval_dir, gtzan_dir=os.path.join(out, "gtzan"),
+      jamendo_dir=os.path.join(out, "mtg-jamendo"), jamendo_split=FLAGS.jamendo_split,
+      melon_dir=os.path.join(out, "melon"),
+      split_file=os.path.join(FLAGS.tfrecord_dir, "split.json"),
+      repetitions=FLAGS.eval_repetitions, seed=FLAGS.seed, continuation_k=FLAGS.continuation_k)
+  steps.end()
+
+  titles = {"gtzan": "Table 1: GTZAN genre classification",
+            "jamendo": "Table 2: MTG-Jamendo auto-tagging",
+            "continuation": "Table 3: Melon playlist continuation"}
+  for task, table in tables.items():
+    print(f"\n{titles[task]} (demo data)\n{table}")
+  print("\n" + steps.table())
+  print(f"\ndone: the whole pipeline ran on the demo data; tables and plots in {eval_dir}")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def load_trained(checkpoint):
   if checkpoint.endswith(".weights.h5"):
     model.load_weights(checkpoint)
   else:
-    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+    from tfcmir.train import make_checkpoint
+    make_checkpoint(model, None).restore(checkpoint).expect_partial()
   return model, run, checkpoint
 
 
@@ -88,6 +89,11 @@ class AudioTower(tf.Module):
     self.audio_encoder = model.audio_encoder
     self.genre_encoder = model.genre_encoder
     self.frontend = audio.MelSpectrogram()
+    # Only towers that exist become functions: SavedModel traces every tf.function it finds.
+    self.genres = None
+    if self.genre_encoder is not None:
+      self.genres = tf.function(
+          self._genres, input_signature=[tf.TensorSpec([None, None], tf.int64, name="genre_ids")])
 
   @tf.function(input_signature=[tf.TensorSpec([None, PATCH_FRAMES, 48], tf.float32, name="mel")])
   def serve_mel(self, mel):
@@ -105,8 +111,7 @@ class AudioTower(tf.Module):
     return {"patch_embeddings": per_patch, "embedding": tf.reduce_mean(per_patch, axis=1),
             "patch_projections": projections}
 
-  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int64, name="genre_ids")])
-  def genres(self, genre_ids):
+  def _genres(self, genre_ids):
     return {"genre_projection": self.genre_encoder(genre_ids, training=False)}
 
 

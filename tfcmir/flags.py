@@ -109,6 +109,18 @@ flags.DEFINE_bool("per_patch", False, "Embed: also write every patch's embedding
 flags.DEFINE_enum("embed_format", "npy", ["npy", "npz"],
                   "Embed: .npy arrays + index.csv, or one .npz.")
 flags.DEFINE_integer("embed_batch", 64, "Embed: patches per encoder call.", lower_bound=1)
+flags.DEFINE_enum("task", "all", ["all", "gtzan", "jamendo", "continuation"],
+                  "Evaluate: the downstream task(s) of the paper's section 3.3.")
+flags.DEFINE_list("models", [], "Evaluate: export folders to compare (rows of the tables).")
+flags.DEFINE_string("gtzan_dir", None, "Evaluate: GTZAN root ({genre}/*.wav and *_filtered.txt).")
+flags.DEFINE_string("jamendo_dir", None, "Evaluate: MTG-Jamendo root (audio/ and data/splits/).")
+flags.DEFINE_integer("jamendo_split", 0, "Evaluate: the MTG-Jamendo split (0-4).", lower_bound=0,
+                     upper_bound=4)
+flags.DEFINE_integer("eval_repetitions", 10, "Evaluate: repetitions of each classifier (paper: 10).",
+                     lower_bound=1)
+flags.DEFINE_integer("continuation_k", 100, "Evaluate: continuation length and metric cut-off (paper: "
+                     "100).", lower_bound=1)
+flags.DEFINE_string("eval_dir", "reports", "Evaluate: where the tables (Markdown, JSON) and plots go.")
 flags.DEFINE_string("model_dir", None, "Where training writes checkpoints and logs "
                     "(default: runs/<mode>).")
 

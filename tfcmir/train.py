@@ -138,6 +138,23 @@ class Scalars(keras.callbacks.Callback):
       writer.flush()
 
 
+def make_checkpoint(model, optimizer):
+  """A tf.train.Checkpoint of every model variable (by path), the optimizer and the epoch.
+
+  The variables are listed explicitly: layers kept in Python lists (the conv blocks) are tracked by
+  Keras but not by tf.train.Checkpoint's object graph, which would silently leave them out.
+  """
+  # Keyed by path below the model (its own name varies with how many models a process built). The
+  # dropout RNG states are left out: their names carry a per-process counter, and a resumed run
+  # simply draws new dropout masks.
+  parts = {"weights": {v.path.split("/", 1)[-1]: v for v in model.variables
+                       if "seed_generator" not in v.path},
+           "epoch": tf.Variable(0, dtype=tf.int64, trainable=False)}
+  if optimizer is not None:  # None: restoring weights only (export)
+    parts["optimizer"] = optimizer
+  return tf.train.Checkpoint(**parts)
+
+
 def _check_run(model_dir, config, overwrite):
   path = os.path.join(model_dir, "config.json")
   if os.path.exists(path) and not overwrite:
@@ -192,14 +209,13 @@ def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_ra
     optimizer = keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None)
     model.compile(optimizer=optimizer, jit_compile=jit_compile)
     optimizer.build(model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                     epoch=tf.Variable(0, dtype=tf.int64, trainable=False))
+    checkpoint = make_checkpoint(model, optimizer)
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
                                        max_to_keep=keep_checkpoints)
   state_path = os.path.join(model_dir, "history.json")
   state = {}
   if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    checkpoint.restore(manager.latest_checkpoint).assert_consumed()
     restored_epoch = int(checkpoint.epoch.numpy())
     if os.path.exists(state_path):
       with open(state_path, encoding="utf-8") as f:
