@@ -21,7 +21,6 @@ Each artifact is checked against the Keras model on the same inputs before the f
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from tfcmir import __version__, audio
 from tfcmir import flags as tfcmir_flags
 from tfcmir.data.corpus import InputError
 from tfcmir.model import contrastive
+from tfcmir.prepare.shards import sha256_file
 
 FLAGS = flags.FLAGS
 PATCH_FRAMES = 256
@@ -194,14 +194,6 @@ def relative_error(a, b):
 def cosine(a, b):
   a, b = np.asarray(a, np.float64).reshape(len(a), -1), np.asarray(b, np.float64).reshape(len(b), -1)
   return float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
-
-
-def sha256_file(path):
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def verification_inputs(seed=0):
