@@ -61,9 +61,10 @@ def set_precision(mixed):
 
 
 def _write_atomic(path, write):
-  temporary = f"{path}.partial{os.path.splitext(path)[1] or ''}"
-  if path.endswith(".weights.h5"):
-    temporary = path[:-len(".weights.h5")] + ".partial.weights.h5"
+  # ".partial" goes before the extension: Keras insists on the ".weights.h5" suffix.
+  suffix = ".weights.h5"
+  stem, ext = (path[:-len(suffix)], suffix) if path.endswith(suffix) else os.path.splitext(path)
+  temporary = f"{stem}.partial{ext}"
   write(temporary)
   os.replace(temporary, path)
 
