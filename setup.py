@@ -26,12 +26,15 @@ SERVING = [
     "ai-edge-litert==2.3.0",           # the TFLite runtime an app uses, without TensorFlow
 ]
 
+# Beam runs prepare and embed on a cluster (--runner); [tfrecord] brings crcmod for its TFRecord sink.
+BEAM = ["apache-beam[tfrecord]==2.77.0"]
+
 EXTRAS = {
     "serving": SERVING,
-    "beam": ["apache-beam[tfrecord]==2.77.0"],
+    "beam": BEAM,
     "bench": ["implicit==0.7.3"],  # reference BPR for benchmarks/warp.py
     # Essentia's pip build is a pre-release; the exact pin lets pip take it without --pre.
-    "test": ["pytest>=8", "essentia-tensorflow==2.1b6.dev1389"] + SERVING,
+    "test": ["pytest>=8", "essentia-tensorflow==2.1b6.dev1389"] + SERVING + BEAM,  # tests/test_beam.py
 }
 
 setup(

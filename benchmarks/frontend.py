@@ -1,16 +1,17 @@
 """Audio front-end throughput: decode + resample per format, and the mel layer, in x real time.
 
     python benchmarks/frontend.py [--seconds 60] [--batch 16]
+    python benchmarks/frontend.py --quick     # smoke test (CI)
 
 Prints a table; figures are seconds of audio processed per wall-clock second on this machine.
 """
 
 import argparse
 import os
-import time
 
 import numpy as np
 
+import common
 from tfcmir import audio
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -18,19 +19,17 @@ FIXTURES = os.path.join(HERE, "..", "tests", "fixtures", "real-audio")
 
 
 def best_of(fn, repeats=5):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
+  return common.best_of(fn, repeats, warmup=0)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seconds", type=float, default=60.0, help="audio per mel batch item")
   parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--quick", action="store_true", help="smoke test: 5 s x 2")
   args = parser.parse_args()
+  if args.quick:
+    args.seconds, args.batch = 5.0, 2
   import tensorflow as tf
 
   rows = []
@@ -50,11 +49,8 @@ def main():
   graph(waves)
   rows.append((f"mel layer, tf.function, batch {args.batch} x {args.seconds:.0f} s",
                total / best_of(lambda: graph(waves))))
-  print(f"machine: {os.cpu_count()} cores, TensorFlow {tf.__version__}")
-  print("| step | x real time |")
-  print("|---|---|")
-  for name, speed in rows:
-    print(f"| {name} | {speed:,.0f} |")
+  print(common.machine_line())
+  print(common.table(["step", "x real time"], [(name, f"{speed:,.0f}") for name, speed in rows]))
 
 
 if __name__ == "__main__":

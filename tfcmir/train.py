@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -42,12 +43,65 @@ class NonFiniteLoss(RuntimeError):
   pass
 
 
-def make_strategy():
-  """MultiWorkerMirroredStrategy when TF_CONFIG names several workers, else MirroredStrategy."""
-  cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-  if len(cluster.get("worker", [])) > 1:
-    return tf.distribute.MultiWorkerMirroredStrategy()
+class Cluster:
+  """This process's place in a TF_CONFIG cluster (https://www.tensorflow.org/guide/distributed_training).
+
+  TF_CONFIG='{"cluster": {"worker": ["host0:port", "host1:port"]}, "task": {"type": "worker",
+  "index": 0}}' on every machine, with its own index. The chief (task 'chief', else worker 0) writes
+  the run's files; the other workers write their checkpoints to a scratch folder that is removed.
+  """
+
+  def __init__(self, environ=None):
+    raw = (os.environ if environ is None else environ).get("TF_CONFIG", "")
+    try:
+      config = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as err:
+      raise InputError(f"TF_CONFIG is not valid JSON ({err}): {raw[:200]}") from err
+    cluster = config.get("cluster", {})
+    self.tasks = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    task = config.get("task", {})
+    self.task_type, self.task_id = task.get("type"), int(task.get("index", 0))
+    if self.tasks > 1 and self.task_type not in ("chief", "worker"):
+      raise InputError(f"TF_CONFIG: task type {self.task_type!r} of a {self.tasks}-task cluster: "
+                       "tfcmir.train runs as 'chief' or 'worker'")
+    self.is_chief = (self.tasks <= 1 or self.task_type == "chief" or
+                     (self.task_type == "worker" and self.task_id == 0 and "chief" not in cluster))
+
+  @property
+  def multi_worker(self):
+    return self.tasks > 1
+
+  def write_dir(self, model_dir):
+    """Where this process writes: the run's folder (chief), else a scratch folder inside it."""
+    return model_dir if self.is_chief else os.path.join(model_dir, f".{self.task_type}-{self.task_id}")
+
+
+def _peer_error(err):
+  """The line of a collective's error that says what happened to the peer (TensorFlow's is long)."""
+  lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+  for i, line in enumerate(lines):
+    if re.search(r"unhealthy|heartbeat|timed out|deadline|connect|unavailable|socket", line, re.I):
+      if line.endswith(":") and i + 1 < len(lines):  # 'tasks are unhealthy ...:' then the task
+        line = f"{line} {lines[i + 1]}"
+      return f"{type(err).__name__}: {line[:300]}"
+  return f"{type(err).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def make_strategy(cluster, timeout_s=0):
+  """MultiWorkerMirroredStrategy when TF_CONFIG names several tasks, else MirroredStrategy.
+
+  `timeout_s` bounds every cross-worker collective, so a lost worker fails the run instead of
+  hanging it (the coordination service's heartbeats catch a dead process on their own as well).
+  """
+  if cluster.multi_worker:
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_s or None)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
   return tf.distribute.MirroredStrategy()
+
+
+# What TensorFlow raises in a worker whose peer died or stopped answering.
+_LOST_PEER = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+              tf.errors.CancelledError, tf.errors.InternalError)
 
 
 def set_precision(mixed):
@@ -174,19 +228,30 @@ def _check_run(model_dir, config, overwrite):
 def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_rate, weight_decay,
           seed=0, steps_per_epoch=0, early_stopping=0, checkpoint_steps=0, keep_checkpoints=3,
           shuffle_buffer=2048, jit_compile=False, mixed_precision=False, overwrite=False,
-          flags_used=None, verbose="auto"):
-  """Trains; returns a summary dict. Flag-free: tests and other entry points call it directly."""
+          flags_used=None, verbose="auto", worker_timeout_s=0):
+  """Trains; returns a summary dict. Flag-free: tests and other entry points call it directly.
+
+  Under a multi-worker TF_CONFIG every worker runs this with the same arguments; `batch_size` is the
+  global batch, split over all replicas of all workers.
+  """
   started = time.time()
   manifest = pipeline.read_manifest(tfrecord_dir)
   if model_config["cf_dim"] != manifest["schema"]["cf_dim"]:
     raise InputError(f"{tfrecord_dir}: shards hold CF vectors of {manifest['schema']['cf_dim']} "
                      f"dimensions, the model expects {model_config['cf_dim']} (--cf_dim)")
-  _check_run(model_dir, {"model": model_config, "data": {"tfrecord_dir": os.path.abspath(tfrecord_dir),
-                                                         "fingerprint": manifest["fingerprint"]},
-                         "flags": flags_used or {}}, overwrite)
+  cluster = Cluster()
+  if cluster.is_chief:
+    # Before the strategy: its constructor waits for every worker, so no worker reads the checkpoints
+    # before the chief has replaced them (--overwrite).
+    _check_run(model_dir, {"model": model_config,
+                           "data": {"tfrecord_dir": os.path.abspath(tfrecord_dir),
+                                    "fingerprint": manifest["fingerprint"]},
+                           "flags": flags_used or {}}, overwrite)
   keras.utils.set_random_seed(seed)
   policy = set_precision(mixed_precision)
-  strategy = make_strategy()
+  strategy = make_strategy(cluster, worker_timeout_s)
+  write_dir = cluster.write_dir(model_dir)
+  os.makedirs(write_dir, exist_ok=True)
   replicas = strategy.num_replicas_in_sync
   if batch_size % replicas:
     raise InputError(f"--batch_size={batch_size} must be a multiple of the {replicas} replicas")
@@ -197,51 +262,81 @@ def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_ra
     raise InputError(f"{tfrecord_dir}: {n_train} training songs, fewer than one batch of {batch_size}")
   val_batch = min(batch_size, n_val // replicas * replicas)
   # Repeated, with a fixed number of steps per epoch: the progress bar knows its length, and the
-  # shuffle runs on across epoch boundaries.
+  # shuffle runs on across epoch boundaries. Each worker builds its own input pipeline over its part of
+  # the shards (tfcmir.data.pipeline.dataset's input_context), batched per replica.
   steps = steps_per_epoch or n_train // batch_size
-  train_ds = pipeline.dataset(tfrecord_dir, "train", batch_size, training=True, seed=seed,
-                              shuffle_buffer=shuffle_buffer, repeat=True, only_with_cf=with_cf)
-  val_ds = (pipeline.dataset(tfrecord_dir, "val", val_batch, training=False, drop_remainder=True,
-                             only_with_cf=with_cf) if val_batch else None)
+  train_ds = strategy.distribute_datasets_from_function(
+      lambda context: pipeline.dataset(
+          tfrecord_dir, "train", context.get_per_replica_batch_size(batch_size), training=True,
+          seed=seed, shuffle_buffer=shuffle_buffer, repeat=True, only_with_cf=with_cf,
+          input_context=context))
+  val_steps = n_val // val_batch if val_batch else 0
+  val_ds = None
+  if val_steps:
+    # The same first val_steps x val_batch songs on any number of workers, so the losses compare.
+    val_ds = strategy.distribute_datasets_from_function(
+        lambda context: pipeline.dataset(
+            tfrecord_dir, "val", context.get_per_replica_batch_size(val_batch), training=False,
+            drop_remainder=True, only_with_cf=with_cf, input_context=context,
+            take_batches=val_steps))
   table = genres_lib.GenreVectors.load(tfrecord_dir).table
   with strategy.scope():
     model = contrastive.build_model(model_config, table)
-    model.build_from_batch(next(iter(train_ds)))
+    model.build_from_batch(next(iter(pipeline.dataset(tfrecord_dir, "train", 2, training=False,
+                                                      verify="none"))))
     optimizer = keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None)
     model.compile(optimizer=optimizer, jit_compile=jit_compile)
     optimizer.build(model.trainable_variables)
     checkpoint = make_checkpoint(model, optimizer)
-  manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
-                                       max_to_keep=keep_checkpoints)
+  # Every worker saves (a save may read variables collectively), each into its own folder; all of them
+  # resume from the chief's latest checkpoint (the run's folder must be shared storage).
+  manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"),
+                                       max_to_keep=1 if not cluster.is_chief else keep_checkpoints)
+  latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
   state_path = os.path.join(model_dir, "history.json")
   state = {}
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_consumed()
+  if latest:
+    checkpoint.restore(latest).assert_consumed()
     restored_epoch = int(checkpoint.epoch.numpy())
     if os.path.exists(state_path):
       with open(state_path, encoding="utf-8") as f:
         state = json.load(f)
       # Epochs after the restored checkpoint (a crash between the two writes) are dropped.
       state["history"] = [h for h in state.get("history", []) if h["epoch"] <= restored_epoch]
-    logging.info("resuming from %s (epoch %d)", manager.latest_checkpoint, restored_epoch)
+    logging.info("resuming from %s (epoch %d)", latest, restored_epoch)
   initial_epoch = int(checkpoint.epoch.numpy())
-  callbacks = [Checkpoints(model_dir, checkpoint, manager, checkpoint_steps, state),
-               Scalars(os.path.join(model_dir, "logs"))]
+  callbacks = [Checkpoints(write_dir, checkpoint, manager, checkpoint_steps, state)]
+  if cluster.is_chief:
+    callbacks.append(Scalars(os.path.join(model_dir, "logs")))
   if early_stopping and val_ds is not None:
     callbacks.append(keras.callbacks.EarlyStopping("val_loss", patience=early_stopping))
   resumed = initial_epoch > 0
   if initial_epoch < epochs:
     try:
       model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+                steps_per_epoch=steps, validation_steps=val_steps or None, callbacks=callbacks,
+                verbose=verbose if cluster.is_chief else 0)
     except NonFiniteLoss as err:
       raise InputError(f"{err}; training stopped. The last good checkpoint is kept: "
                        f"{manager.latest_checkpoint or 'none yet'} (lower --learning_rate, or check "
                        "the data)") from err
+    except _LOST_PEER as err:
+      if not cluster.multi_worker:
+        raise
+      raise InputError(
+          f"{cluster.task_type} {cluster.task_id}: lost contact with another worker of the "
+          f"{cluster.tasks}-task cluster ({_peer_error(err)}). Training stopped; "
+          f"start every worker again with the same command to resume from the latest checkpoint in "
+          f"{os.path.join(model_dir, 'checkpoints')}") from err
+  if not cluster.is_chief:
+    import shutil
+    shutil.rmtree(write_dir, ignore_errors=True)  # a scratch copy of the chief's files
   elapsed = time.time() - started
   history = state.get("history", [])
   trained_epochs = len(history) - sum(h["epoch"] <= initial_epoch for h in history)
   return {"model_dir": model_dir, "mode": model_config["mode"], "epochs": len(history),
+          "chief": cluster.is_chief, "task": f"{cluster.task_type} {cluster.task_id}"
+          if cluster.multi_worker else None,
           "resumed_from_epoch": initial_epoch if resumed else None,
           "best_val_loss": state.get("best_val_loss"), "best_epoch": state.get("best_epoch"),
           "final": history[-1] if history else None, "replicas": replicas, "policy": policy,
@@ -270,7 +365,9 @@ def run():
                   FLAGS.learning_rate, FLAGS.weight_decay, FLAGS.seed, FLAGS.steps_per_epoch,
                   FLAGS.early_stopping, FLAGS.checkpoint_steps, FLAGS.keep_checkpoints,
                   FLAGS.shuffle_buffer, FLAGS.jit_compile, FLAGS.mixed_precision, FLAGS.overwrite,
-                  tfcmir_flags.resolved())
+                  tfcmir_flags.resolved(), worker_timeout_s=FLAGS.worker_timeout_s)
+  if not summary["chief"]:
+    return summary, None  # the chief reports for the cluster
   return summary, probe.held_out_genre_probe(summary["model"], config, tfrecord_dir, seed=FLAGS.seed)
 
 
@@ -282,6 +379,8 @@ def format_summary(summary, result=None):
   lines = [f"trained {summary['mode']} in {summary['model_dir']}: {summary['epochs']} epochs, "
            f"{summary['seconds']} s, {summary['songs_per_second']} songs/s, {summary['replicas']} "
            f"replica(s), {summary['policy']}"]
+  if summary.get("task"):
+    lines[0] += f" ({summary['task']}{', chief' if summary['chief'] else ''})"
   if summary["resumed_from_epoch"]:
     lines.append(f"resumed from epoch {summary['resumed_from_epoch']}")
   if summary["best_val_loss"] is not None:

@@ -114,7 +114,12 @@ class CrossModalModel(keras.Model):
     self.trackers["loss"].update_state(total / songs)
     for name, value in losses.items():
       self.trackers[name].update_state(value / songs)
-    return {name: tracker.result() for name, tracker in self.trackers.items()}
+    logs = {name: tracker.result() for name, tracker in self.trackers.items()}
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+      # Keras (3.15) reduces the replicas' logs across workers as a mean along axis 0, which a scalar
+      # does not have: give each a length-1 axis, which that mean removes.
+      logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
 
   def train_step(self, batch):
     with tf.GradientTape() as tape:
@@ -133,6 +138,15 @@ class CrossModalModel(keras.Model):
   def build_from_batch(self, batch):
     """Creates every variable (encoders and task heads) from one batch, before fit or restore."""
     self.compute_losses(batch, training=False)
+
+  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    # Keras (3.15) builds an unbuilt model from a first batch that it takes from the epoch's iterator
+    # and all-reduces over the replicas; under MultiWorkerMirroredStrategy that reduce fails on a dict
+    # batch. This model and its optimizer are built before fit (build_from_batch), so there is nothing
+    # to build, and no batch is spent on it.
+    if self.built and getattr(self, "optimizer", None) is not None and self.optimizer.built:
+      return None
+    return super()._maybe_symbolic_build(iterator, data_batch)
 
 
 def model_config(mode, genre_vocab_shape, cf_dim, channels, kernel_size=3, hidden_dim=512,

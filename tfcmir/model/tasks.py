@@ -47,10 +47,13 @@ class ContrastiveTask(keras.layers.Layer):
 
   def call(self, embeddings):
     """embeddings: {modality: float32 (local_batch, d)} -> {pair name: weighted loss (scalar)}."""
-    gathered = {}
-    offset = 0
-    for modality in {m for _, x, y, _ in self.pairs for m in (x, y)}:
-      gathered[modality], offset = gather_replicas(embeddings[modality])
+    # One gather for all modalities, in a fixed order. Collectives pair up across workers by the order
+    # they are created in: a gather per modality in set order (which varies with each process's hash
+    # seed) swapped modalities between workers under MultiWorkerMirroredStrategy.
+    modalities = sorted({m for _, x, y, _ in self.pairs for m in (x, y)})
+    widths = [embeddings[m].shape[-1] for m in modalities]
+    joined, offset = gather_replicas(tf.concat([embeddings[m] for m in modalities], axis=-1))
+    gathered = dict(zip(modalities, tf.split(joined, widths, axis=-1)))
     out = {}
     for name, x, y, weight in self.pairs:
       loss = losses.pair_loss(embeddings[x], embeddings[y], self.temperature, gathered[x],

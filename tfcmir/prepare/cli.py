@@ -65,8 +65,11 @@ def summary(out, manifest):
   return "\n".join(lines)
 
 
-def run(out):
-  """Prepares the source the flags name into `out`; returns the manifest."""
+def run(out, shard_writer=None):
+  """Prepares the source the flags name into `out`; returns the manifest.
+
+  `shard_writer`: see steps.prepare (None: the local worker pool).
+  """
   problems = Problems(strict=FLAGS.strict)
   corpus = read_corpus(problems)
   source = {"name": FLAGS.source, "melon_dir": FLAGS.melon_dir, "mel_dir": FLAGS.melon_mel_dir,
@@ -74,9 +77,13 @@ def run(out):
             "catalogue_playlists": FLAGS.catalogue_playlists}
   return steps.prepare(corpus, out, config_from_flags(), FLAGS.workers, FLAGS.overwrite,
                        FLAGS.strict, progress=True, flags_used=tfcmir_flags.resolved(),
-                       source={k: v for k, v in source.items() if v})
+                       source={k: v for k, v in source.items() if v}, shard_writer=shard_writer)
 
 
 def main(argv):
   out = FLAGS.out or FLAGS.tfrecord_dir
-  print(summary(out, run(out)))
+  shard_writer = None
+  if FLAGS.runner:  # the per-song work as an Apache Beam pipeline; leftover flags are its options
+    from tfcmir import beam
+    shard_writer = beam.shard_writer(FLAGS.runner, argv[1:], FLAGS.beam_timeout_s)
+  print(summary(out, run(out, shard_writer)))

@@ -78,34 +78,44 @@ def _song_mel(entry, bands):
     raise InputError(str(err)) from err
 
 
+def song_example(entry, bands, crop_frames, problems):
+  """One song -> its serialized record, or None if its mel or audio is unusable.
+
+  The one per-song step of every shard writer (this module's and tfcmir.beam.prepare's), so both write
+  the same bytes. A bad song is reported to `problems` (raising there when strict); a mel shorter
+  than `crop_frames` is noted as 'short_mel' and kept (padded when read).
+  """
+  from tfcmir.prepare import records
+
+  try:
+    mel = _song_mel(entry, bands)
+  except InputError as err:
+    problems.report("bad_mel" if entry.mel_path else "bad_audio", str(err))
+    return None
+  if mel.shape[0] < crop_frames:
+    problems.note("short_mel", f"song {entry.song_id}: {mel.shape[0]} frames < {crop_frames}, "
+                  "padded when read")
+  return records.serialize(entry.song_id, entry.split, mel, entry.genres, entry.cf, entry.has_cf)
+
+
 def write_shard(task):
   """Worker: writes one shard; returns its progress record (a dict)."""
   import tensorflow as tf
 
-  from tfcmir.prepare import records
-
   problems = Problems(strict=task.strict)
   final = os.path.join(task.out_dir, task.name)
   temporary = os.path.join(task.out_dir, f".{task.name}.partial")
-  written = short = 0
+  written = 0
   with tf.io.TFRecordWriter(temporary) as writer:
     for entry in task.entries:
-      try:
-        mel = _song_mel(entry, task.bands)
-      except InputError as err:
-        problems.report("bad_mel" if entry.mel_path else "bad_audio", str(err))
-        continue
-      if mel.shape[0] < task.crop_frames:
-        short += 1
-        problems.note("short_mel", f"song {entry.song_id}: {mel.shape[0]} frames < "
-                      f"{task.crop_frames}, padded when read")
-      writer.write(records.serialize(entry.song_id, entry.split, mel, entry.genres, entry.cf,
-                                     entry.has_cf))
-      written += 1
+      serialized = song_example(entry, task.bands, task.crop_frames, problems)
+      if serialized is not None:
+        writer.write(serialized)
+        written += 1
   progress = {"file": task.name, "split": task.name.split("-")[0], "records": written,
               "bytes": os.path.getsize(temporary), "sha256": sha256_file(temporary),
-              "short_mel": short, "problems": {"counts": dict(problems.counts),
-                                               "examples": dict(problems.examples)}}
+              "short_mel": problems.counts["short_mel"],
+              "problems": {"counts": dict(problems.counts), "examples": dict(problems.examples)}}
   _write_json_atomic(os.path.join(task.out_dir, PROGRESS_DIR, task.name + ".json"), progress)
   os.replace(temporary, final)
   return progress

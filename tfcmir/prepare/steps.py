@@ -173,8 +173,14 @@ def songs_per_shard(corpus, config):
 
 
 def prepare(corpus, out_dir, config=PrepareConfig(), workers=2, overwrite=False, strict=False,
-            progress=True, flags_used=None, source=None):
-  """Prepares `corpus` into `out_dir`; returns the manifest (a dict)."""
+            progress=True, flags_used=None, source=None, shard_writer=None):
+  """Prepares `corpus` into `out_dir`; returns the manifest (a dict).
+
+  `shard_writer`, if given, writes the shards instead of this module's worker pool (e.g.
+  tfcmir.beam.prepare.BeamShardWriter): called as `shard_writer(entries, songs_per_shard, out_dir,
+  config, strict, problems)`, it writes the records of `shards.song_example`, adds the song-level
+  problems to `problems`, and returns (shard records, shards reused) as `shards.write_all` does.
+  """
   os.makedirs(out_dir, exist_ok=True)
   key = fingerprint(corpus, config)
   state_path = os.path.join(out_dir, STATE)
@@ -206,10 +212,14 @@ def prepare(corpus, out_dir, config=PrepareConfig(), workers=2, overwrite=False,
   entries = [shards.Entry(s.song_id, str(a), vectors.ids(s.genres, config.max_genres), cf[i],
                           bool(has_cf[i]), s.mel_path, s.audio_path)
              for i, (s, a) in enumerate(zip(corpus.songs, assignment))]
-  tasks = shards.plan(entries, songs_per_shard(corpus, config), out_dir, config.bands,
-                      config.crop_frames, strict)
   shard_started = time.time()
-  written, skipped = shards.write_all(tasks, workers, progress)
+  if shard_writer is None:
+    tasks = shards.plan(entries, songs_per_shard(corpus, config), out_dir, config.bands,
+                        config.crop_frames, strict)
+    written, skipped = shards.write_all(tasks, workers, progress)
+  else:
+    written, skipped = shard_writer(entries, songs_per_shard(corpus, config), out_dir, config, strict,
+                                    corpus.problems)
   timings = dict(timings, shards=time.time() - shard_started)
 
   problems = corpus.problems

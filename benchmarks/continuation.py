@@ -1,0 +1,165 @@
+"""Playlist-continuation evaluation at Melon scale: time per phase and peak memory.
+
+    python benchmarks/continuation.py            # Melon scale (~3 GB of embeddings, minutes)
+    python benchmarks/continuation.py --quick    # smoke test (CI): the same code at toy sizes
+    python benchmarks/continuation.py --dim 128  # e.g. the 128-d projection instead of the pre-head
+
+A synthetic corpus with Melon's shape: 649,091 song ids, 10 % of them test-split candidates (~65k),
+104,410 evaluated playlists (each holds a test song; mean ~55 songs, long-tailed lengths) plus 44,416
+short playlists without a test song (Melon has 148,826 in all), songs drawn with Zipf popularity,
+80 % from the playlist's own cluster. Every song of an evaluated playlist and every test song gets a
+1024-d embedding (the pre-head `embedding` that `tfcmir.evaluate` takes from an export's
+serving_default, paper-size encoder): non-negative (post-ReLU, like the real features), its cluster's
+centre plus noise. The evaluation is `tfcmir.evaluate.continuation.evaluate_continuation` with the
+paper's settings (k = 100, 50 Annoy trees), called as `tfcmir.evaluate` calls it (a dict song id ->
+vector). Prints the phases, the peak memory of the process, and the metrics (the random row is the
+floor: clustered embeddings must beat it).
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+import common
+from tfcmir.evaluate import continuation
+
+MELON_SONGS = 649_091
+MELON_EVALUATED = 104_410
+MELON_OTHER = 148_826 - 104_410
+POPULARITY_SIGMA = 1.5
+
+
+def sampler(cluster_of, weight, pool):
+  """Draws songs of `pool` (bool mask) with probability ~ weight, from a given cluster or from all.
+
+  Returns draw(clusters, anywhere, rng) -> song ids, one per entry of `clusters`; where `anywhere`
+  is true the song comes from the whole pool instead of the entry's cluster.
+  """
+  songs = np.flatnonzero(pool)
+  songs = songs[np.argsort(cluster_of[songs], kind="stable")]  # contiguous clusters in one cumsum
+  cum = np.cumsum(weight[songs])
+  bounds = np.searchsorted(cluster_of[songs], np.arange(cluster_of.max() + 2))
+  start = np.concatenate([[0.0], cum])[bounds[:-1]]
+  end = np.concatenate([[0.0], cum])[bounds[1:]]
+
+  def draw(clusters, anywhere, rng):
+    lo = np.where(anywhere, 0.0, start[clusters])
+    hi = np.where(anywhere, cum[-1], end[clusters])
+    u = lo + rng.random(len(clusters)) * (hi - lo)
+    return songs[np.minimum(np.searchsorted(cum, u, side="right"), len(songs) - 1)]
+
+  return draw
+
+
+def playlist_lengths(count, mean, rng, longest=200):
+  """Long-tailed (log-normal) lengths in [1, longest] with about the given mean."""
+  sigma = 0.75
+  return np.clip(np.rint(rng.lognormal(np.log(mean) - sigma**2 / 2, sigma, count)), 1, longest).astype(int)
+
+
+def synthetic_melon(songs, evaluated, other, clusters, mean_length, seed=0):
+  """Returns (playlists: list of int lists, test_ids: sorted int array, cluster_of: (songs,))."""
+  rng = np.random.default_rng(seed)
+  cluster_of = rng.integers(0, clusters, songs)
+  # Long-tailed popularity: log-normal weights put the top song in ~5k playlists, as in Melon, where
+  # a Zipf law at this size puts it in over a third of them.
+  weight = rng.lognormal(0.0, POPULARITY_SIGMA, songs)
+  is_test = rng.random(songs) < 0.1
+  draw_any, draw_test = sampler(cluster_of, weight, np.ones(songs, bool)), sampler(cluster_of, weight, is_test)
+  draw_other = sampler(cluster_of, weight, ~is_test)
+
+  def make(count, mean, draw):
+    lengths = playlist_lengths(count, mean, rng)
+    home = np.repeat(rng.integers(0, clusters, count), lengths)
+    flat = draw(home, rng.random(len(home)) < 0.2, rng)
+    return lengths, home, flat
+
+  lengths, home, flat = make(evaluated, mean_length, draw_any)
+  starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+  lacking = np.flatnonzero(np.add.reduceat(is_test[flat], starts) == 0)
+  # Each evaluated playlist holds a test song: where none was drawn, the first song becomes one.
+  flat[starts[lacking]] = draw_test(home[starts[lacking]], np.zeros(len(lacking), bool), rng)
+  playlists = [p.tolist() for p in np.split(flat, starts[1:])]
+  other_lengths, _, other_flat = make(other, mean_length / 2, draw_other)
+  playlists += [p.tolist() for p in np.split(other_flat, np.cumsum(other_lengths)[:-1])]
+  order = rng.permutation(len(playlists))  # train, val and test files are not sorted by kind
+  return [playlists[i] for i in order], np.flatnonzero(is_test), cluster_of
+
+
+def embed_songs(song_ids, cluster_of, dim, seed=0, chunk=65536):
+  """(len(song_ids), dim) float32 non-negative vectors: cluster centre + noise, through a ReLU."""
+  rng = np.random.default_rng(seed + 1)
+  centres = rng.standard_normal((cluster_of.max() + 1, dim), dtype=np.float32)
+  out = np.empty((len(song_ids), dim), np.float32)
+  for start in range(0, len(song_ids), chunk):
+    rows = slice(start, start + chunk)
+    out[rows] = centres[cluster_of[song_ids[rows]]]
+    out[rows] += 1.5 * rng.standard_normal((len(out[rows]), dim), dtype=np.float32)
+    np.maximum(out[rows], 0, out=out[rows])
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="toy sizes, a smoke test of the script")
+  parser.add_argument("--songs", type=int, default=MELON_SONGS)
+  parser.add_argument("--playlists", type=int, default=MELON_EVALUATED, help="evaluated playlists")
+  parser.add_argument("--other_playlists", type=int, default=MELON_OTHER,
+                      help="playlists without a test song (read, not evaluated)")
+  parser.add_argument("--mean_length", type=float, default=55)
+  parser.add_argument("--clusters", type=int, default=500)
+  parser.add_argument("--dim", type=int, default=1024, help="1024: the paper encoder's pre-head")
+  parser.add_argument("--k", type=int, default=100)
+  parser.add_argument("--trees", type=int, default=50)
+  parser.add_argument("--threads", type=int, default=None, help="query threads (default: all cores)")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args()
+  if args.quick:
+    args.songs, args.playlists, args.other_playlists, args.clusters = 20000, 2000, 500, 50
+    args.dim, args.trees = 64, 10
+
+  start = time.perf_counter()
+  playlists, test_ids, cluster_of = synthetic_melon(args.songs, args.playlists, args.other_playlists,
+                                                    args.clusters, args.mean_length, args.seed)
+  test_set = set(test_ids.tolist())
+  # What tfcmir.evaluate embeds: every song of an evaluated playlist, and every test song.
+  needed = np.unique(np.concatenate(
+      [test_ids] + [np.asarray(p) for p in playlists if not test_set.isdisjoint(p)]))
+  matrix = embed_songs(needed, cluster_of, args.dim, args.seed)
+  embeddings = dict(zip(needed.tolist(), matrix))  # views into one matrix, as the dict of vectors
+  setup = time.perf_counter() - start
+  entries = sum(len(p) for p in playlists)
+  print(f"synthetic Melon: {args.songs:,} songs, {len(test_ids):,} test-split candidates, "
+        f"{len(playlists):,} playlists ({entries / len(playlists):.1f} songs on average), "
+        f"{len(needed):,} embeddings of {args.dim} dims ({matrix.nbytes / 2**30:.2f} GiB); "
+        f"set up in {setup:.0f} s, peak memory so far {common.peak_rss_gb():.2f} GB")
+
+  timings = {}
+  start = time.perf_counter()
+  result = continuation.evaluate_continuation(embeddings, playlists, test_ids.tolist(), k=args.k,
+                                              n_trees=args.trees, seed=args.seed, progress=True,
+                                              threads=args.threads, timings=timings)
+  total = time.perf_counter() - start
+  peak = common.peak_rss_gb()
+
+  print(common.machine_line())
+  rows = [(phase, f"{seconds:.1f}") for phase, seconds in timings.items()]
+  rows.append(("**total evaluate_continuation**", f"**{total:.1f}**"))
+  print(common.table(["phase", "seconds"], rows))
+  print()
+  k = args.k
+  print(common.table(
+      ["evaluated playlists", "distinct seeds queried", "indexed test tracks", "skipped playlists",
+       f"nDCG@{k}", f"MAP@{k}", f"random nDCG@{k}", f"random MAP@{k}", "peak memory (GB)"],
+      [(f"{result['playlists']:,}", f"{result['queried_tracks']:,}", f"{result['indexed_tracks']:,}",
+        result["skipped_playlists"], f"{result[f'ndcg@{k}']:.4f}", f"{result[f'map@{k}']:.4f}",
+        f"{result['random'][f'ndcg@{k}']:.4f}", f"{result['random'][f'map@{k}']:.4f}", f"{peak:.2f}")]))
+  target = "" if args.quick else (f"; target < 180 s and < 4 GB: "
+                                  f"{'met' if total < 180 and peak < 4 else 'missed'}")
+  print(f"\ncontinuation of {result['playlists']:,} playlists in {total:.0f} s on "
+        f"{common.usable_cores()} cores, peak memory {peak:.2f} GB (embeddings included){target}")
+
+
+if __name__ == "__main__":
+  main()
