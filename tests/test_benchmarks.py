@@ -34,4 +34,6 @@ def test_quick_mode_runs_and_prints_a_table(name, tmp_path):
   assert len(table_rows) >= 2, out[-2000:]  # a header and at least one row of figures
   # Every figure cell of the table rows is a finite number, not nan/inf.
   assert not re.search(r"\|\s*(nan|inf|-inf)\s*\|", out, re.I), out[-2000:]
+  # A measurement that failed is a row saying so (the other rows still print): not a pass.
+  assert not re.search(r"\|\s*failed", out), out[-2000:]
   assert not os.listdir(tmp_path) or all(not n.startswith("tfcmir-bench") for n in os.listdir(tmp_path))

@@ -87,12 +87,15 @@ def _peer_error(err):
   return f"{type(err).__name__}: {lines[0][:300] if lines else ''}"
 
 
-def make_strategy(cluster, timeout_s=0):
+def make_strategy(cluster=None, timeout_s=0):
   """MultiWorkerMirroredStrategy when TF_CONFIG names several tasks, else MirroredStrategy.
+
+  `cluster`: a Cluster (default: this process's, from TF_CONFIG).
 
   `timeout_s` bounds every cross-worker collective, so a lost worker fails the run instead of
   hanging it (the coordination service's heartbeats catch a dead process on their own as well).
   """
+  cluster = cluster or Cluster()
   if cluster.multi_worker:
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_s or None)
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
