@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -222,7 +223,6 @@ def _check_run(model_dir, config, overwrite):
       raise InputError(f"{model_dir}: holds a run of another model or data; use --overwrite to "
                        "replace it, or another --model_dir")
   elif overwrite and os.path.isdir(model_dir):
-    import shutil
     shutil.rmtree(model_dir)
   os.makedirs(model_dir, exist_ok=True)
   _save_json(path, config)
@@ -332,7 +332,6 @@ def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_ra
           f"start every worker again with the same command to resume from the latest checkpoint in "
           f"{os.path.join(model_dir, 'checkpoints')}") from err
   if not cluster.is_chief:
-    import shutil
     shutil.rmtree(write_dir, ignore_errors=True)  # a scratch copy of the chief's files
   elapsed = time.time() - started
   history = state.get("history", [])
