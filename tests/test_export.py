@@ -164,7 +164,10 @@ def test_embed_neighbours_share_genre(exported, small_demo, tmp_path):
   sims = x @ x.T
   np.fill_diagonal(sims, -np.inf)
   agreement = np.mean(labels[np.argmax(sims, axis=1)] == labels)
-  assert agreement > 0.4  # 10 genres: chance is 0.1
+  # 10 genres: chance is 0.1 (+-0.034 over 80 tracks); the briefly trained demo encoder reaches 0.4-0.5,
+  # and embeddings out of step with their paths, or constant ones, fall back to chance.
+  print(f"nearest-neighbour genre agreement {agreement:.3f}")
+  assert agreement > 0.25
 
 
 def test_embed_skips_unreadable_files_and_reports_them(exported, tmp_path):
