@@ -258,3 +258,27 @@ def test_timings_name_every_phase():
   tiny_result(timings=timings)
   assert list(timings) == ["split playlists", "build index", "query seeds", "score playlists"]
   assert all(seconds >= 0 for seconds in timings.values())
+
+
+def test_search_k_trades_exactness_for_speed():
+  """--continuation_search_k: searching every leaf gives the exact cosine top-k; a small search_k
+  gives fewer of them, and the evaluation passes the setting through."""
+  rng = np.random.default_rng(4)
+  items = rng.standard_normal((400, 16)).astype(np.float32)
+  embeddings = {f"T{i}": v for i, v in enumerate(items)}
+  seeds = {f"S{i}": v for i, v in enumerate(rng.standard_normal((40, 16)).astype(np.float32))}
+  embeddings.update(seeds)
+  index, dim = cont._build_index(embeddings, [f"T{i}" for i in range(400)], 5, 0)
+  unit = items / np.linalg.norm(items, axis=1, keepdims=True)
+  exact = np.argsort(-(np.stack(list(seeds.values())) @ unit.T), axis=1)[:, :10]
+  full = cont._query_seeds(index, dim, embeddings, list(seeds), 10, search_k=400 * 5)
+  np.testing.assert_array_equal(full, exact)
+  small = cont._query_seeds(index, dim, embeddings, list(seeds), 10, search_k=10)
+  recall = np.mean([len(set(s) & set(e)) / 10 for s, e in zip(small, exact)])
+  assert recall < 0.9
+  playlists = [[f"S{i}", f"T{i}", f"T{i + 1}"] for i in range(40)]
+  test_ids = [f"T{i}" for i in range(400)]
+  exhaustive = cont.evaluate_continuation(embeddings, playlists, test_ids, k=10, n_trees=5,
+                                          search_k=2000)
+  assert exhaustive != cont.evaluate_continuation(embeddings, playlists, test_ids, k=10, n_trees=5,
+                                                  search_k=10)

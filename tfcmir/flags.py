@@ -124,6 +124,9 @@ flags.DEFINE_integer("eval_repetitions", 10, "Evaluate: repetitions of each clas
                      lower_bound=1)
 flags.DEFINE_integer("continuation_k", 100, "Evaluate: continuation length and metric cut-off (paper: "
                      "100).", lower_bound=1)
+flags.DEFINE_integer("continuation_search_k", -1, "Evaluate: Annoy's search_k for the continuation "
+                     "queries (-1: Annoy's default, continuation_k x 50 trees; lower is faster and less "
+                     "exact, see benchmarks/continuation.py).", lower_bound=-1)
 flags.DEFINE_string("eval_dir", "reports", "Evaluate: where the tables (Markdown, JSON) and plots go.")
 flags.DEFINE_string("model_dir", None, "Where training writes checkpoints and logs "
                     "(default: runs/<mode>).")

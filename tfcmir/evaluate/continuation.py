@@ -118,7 +118,7 @@ def _build_index(embeddings, indexed, n_trees, seed):
   return index, dim
 
 
-def _query_seeds(index, dim, embeddings, seeds, k, threads=1, progress=False):
+def _query_seeds(index, dim, embeddings, seeds, k, threads=1, progress=False, search_k=-1):
   """(len(seeds), k) int32 Annoy item ids, nearest first, -1 where fewer than k exist; one query each.
 
   Queries run on `threads` threads: Annoy releases the GIL while it searches, and each query's answer
@@ -130,7 +130,7 @@ def _query_seeds(index, dim, embeddings, seeds, k, threads=1, progress=False):
     stop = min(start + QUERY_CHUNK, len(seeds))
     vectors = np.stack([_vector(embeddings, s, dim) for s in seeds[start:stop]]).tolist()
     for row, vector in enumerate(vectors, start):
-      found = index.get_nns_by_vector(vector, k)
+      found = index.get_nns_by_vector(vector, k, search_k)
       table[row, :len(found)] = found
     return stop - start
 
@@ -273,7 +273,8 @@ def _timed(timings, phase):
 
 
 def evaluate_continuation(embeddings, playlists, test_ids, k=100, n_trees=50, seed=0,
-                          random_baseline=True, progress=False, threads=None, timings=None):
+                          random_baseline=True, progress=False, threads=None, timings=None,
+                          search_k=-1):
   """Runs the paper's playlist-continuation protocol (see the module docstring).
 
   Args:
@@ -288,6 +289,8 @@ def evaluate_continuation(embeddings, playlists, test_ids, k=100, n_trees=50, se
     threads: threads querying the index (default: the usable cores); the result does not depend on it.
     timings: a dict that receives the seconds of each phase (split playlists, build index, query
       seeds, score playlists), when given.
+    search_k: Annoy's search_k, the candidates a query examines; -1 is Annoy's default, k x n_trees.
+      Lower is faster and less exact (benchmarks/continuation.py measures the recall it costs).
 
   Returns:
     dict with "playlists" (evaluated), f"ndcg@{k}", f"map@{k}", "random" ({f"ndcg@{k}", f"map@{k}"},
@@ -314,7 +317,7 @@ def evaluate_continuation(embeddings, playlists, test_ids, k=100, n_trees=50, se
   with _timed(timings, "build index"):
     index, dim = _build_index(embeddings, indexed, n_trees, seed)
   with _timed(timings, "query seeds"):
-    table = _query_seeds(index, dim, embeddings, seeds, k, threads, progress)
+    table = _query_seeds(index, dim, embeddings, seeds, k, threads, progress, search_k)
   with _timed(timings, "score playlists"):
     model, rand = _score_playlists(table, jobs, row_of, item_of, k, np.random.default_rng(seed),
                                    random_baseline, progress)
