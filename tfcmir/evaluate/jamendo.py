@@ -171,9 +171,7 @@ def _run(data, seed, epochs, patience, batch_size, dropout):
       break
   if best_weights is not None:
     model.set_weights(best_weights)
-  probabilities = np.concatenate([model(x_test[i:i + 1024], training=False).numpy()
-                                  for i in range(0, len(x_test), 1024)])
-  return probabilities, best_epoch
+  return model(x_test, training=False).numpy(), best_epoch
 
 
 def evaluate_jamendo(track_embeddings, splits, repetitions=10, seed=0, epochs=200, patience=10,
