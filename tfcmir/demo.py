@@ -111,7 +111,8 @@ def main(argv):
       jamendo_dir=os.path.join(out, "mtg-jamendo"), jamendo_split=FLAGS.jamendo_split,
       melon_dir=os.path.join(out, "melon"),
       split_file=os.path.join(FLAGS.tfrecord_dir, "split.json"),
-      repetitions=FLAGS.eval_repetitions, seed=FLAGS.seed, continuation_k=FLAGS.continuation_k)
+      repetitions=FLAGS.eval_repetitions, seed=FLAGS.seed, continuation_k=FLAGS.continuation_k,
+      search=evaluate_cli.search_flags())
   steps.end()
 
   titles = {"gtzan": "Table 1: GTZAN genre classification",

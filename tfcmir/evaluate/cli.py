@@ -113,7 +113,9 @@ def melon_track_embeddings(encoder, mel_dir, song_ids, batch_patches=256):
   return out
 
 
-def run_continuation(encoders, melon_dir, mel_dir, split_file, seed, k=100, search_k=-1):
+def run_continuation(encoders, melon_dir, mel_dir, split_file, seed, k=100, search=None):
+  """Continuation scores of each encoder; `search` holds evaluate_continuation's index options
+  (index, search_k, ivf_lists, ivf_probe)."""
   from tfcmir.evaluate import continuation
   if not os.path.exists(split_file):
     raise InputError(f"{split_file}: no split; continuation needs the test split of tfcmir.prepare "
@@ -126,7 +128,7 @@ def run_continuation(encoders, melon_dir, mel_dir, split_file, seed, k=100, sear
   for label, encoder in encoders.items():
     vectors = melon_track_embeddings(encoder, mel_dir or melon_dir, needed)
     results[label] = continuation.evaluate_continuation(vectors, playlists, sorted(test_ids), k=k,
-                                                        seed=seed, search_k=search_k)
+                                                        seed=seed, **(search or {}))
   return results
 
 
@@ -136,7 +138,7 @@ def _slug(label):
 
 def evaluate(tasks, export_dirs, out_dir, gtzan_dir=None, jamendo_dir=None, jamendo_split=0,
              melon_dir=None, mel_dir=None, split_file=None, repetitions=10, seed=0,
-             continuation_k=100, search_k=-1):
+             continuation_k=100, search=None):
   """Runs the tasks on every export; returns {task: Markdown table} and writes the reports."""
   if not export_dirs:
     raise InputError("--models is required: one or more export folders (exports/NAME)")
@@ -154,12 +156,18 @@ def evaluate(tasks, export_dirs, out_dir, gtzan_dir=None, jamendo_dir=None, jame
     else:
       _require(melon_dir, "--melon_dir")
       results = run_continuation(encoders, melon_dir, mel_dir, split_file, seed, continuation_k,
-                                 search_k)
+                                 search)
     tables[task] = report.save_report(out_dir, task, results)
     timings[task] = round(time.time() - started, 1)
   with open(os.path.join(out_dir, "timings.json"), "w", encoding="utf-8") as f:
     json.dump(timings, f)
   return tables
+
+
+def search_flags():
+  """The continuation's search options from the --continuation_* flags."""
+  return dict(index=FLAGS.continuation_index, search_k=FLAGS.continuation_search_k,
+              ivf_lists=FLAGS.continuation_ivf_lists, ivf_probe=FLAGS.continuation_ivf_probe)
 
 
 def _require(value, flag):
@@ -172,6 +180,6 @@ def main(argv):
   tables = evaluate(tasks, FLAGS.models, FLAGS.out or FLAGS.eval_dir, FLAGS.gtzan_dir,
                     FLAGS.jamendo_dir, FLAGS.jamendo_split, FLAGS.melon_dir, FLAGS.melon_mel_dir,
                     os.path.join(FLAGS.tfrecord_dir, "split.json"), FLAGS.eval_repetitions,
-                    FLAGS.seed, FLAGS.continuation_k, FLAGS.continuation_search_k)
+                    FLAGS.seed, FLAGS.continuation_k, search_flags())
   for task, table in tables.items():
     print(f"\n{task}\n{table}")
