@@ -112,6 +112,11 @@ def _vector(embeddings, track, dim):
   return vector
 
 
+def _stack(embeddings, tracks, dim):
+  """(len(tracks), dim) float32 matrix of the tracks' vectors, checked against `dim`."""
+  return np.stack([_vector(embeddings, track, dim) for track in tracks])
+
+
 def _build_index(embeddings, indexed, n_trees, seed):
   """Angular Annoy index whose item i is the track indexed[i]; returns (index, dim)."""
   dim = len(track_vector(embeddings[indexed[0]]))
@@ -134,7 +139,7 @@ def _query_seeds(index, dim, embeddings, seeds, k, threads=1, progress=False, se
 
   def query(start):
     stop = min(start + QUERY_CHUNK, len(seeds))
-    vectors = np.stack([_vector(embeddings, s, dim) for s in seeds[start:stop]]).tolist()
+    vectors = _stack(embeddings, seeds[start:stop], dim).tolist()
     for row, vector in enumerate(vectors, start):
       found = index.get_nns_by_vector(vector, k, search_k)
       table[row, :len(found)] = found
@@ -156,9 +161,9 @@ def _search_seeds(index, embeddings, seeds, k, n_probe, threads=1, progress=Fals
   table = np.empty((len(seeds), k), np.int32)
   for start in range(0, len(seeds), IVF_CHUNK):
     chunk = seeds[start:start + IVF_CHUNK]
-    vectors = np.stack([_vector(embeddings, s, index.dim) for s in chunk])
-    table[start:start + len(chunk)] = index.search(vectors, k, n_probe, threads)
-    if progress and (start // IVF_CHUNK) % 4 == 3:
+    table[start:start + len(chunk)] = index.search(_stack(embeddings, chunk, index.dim), k, n_probe,
+                                                   threads)
+    if progress:
       print(f"continuation: queried {start + len(chunk)}/{len(seeds)} seeds", file=sys.stderr)
   return table
 
@@ -206,8 +211,8 @@ def continuations(neighbours, owners, n_owners, n_items, k):
   owners = np.broadcast_to(np.asarray(owners, np.int64)[:, None], neighbours.shape)[valid]
   pairs = owners * n_items + neighbours[valid]
   ranks = np.broadcast_to(np.arange(n, dtype=np.int64), neighbours.shape)[valid]
-  # Group the (playlist, item) pairs with one sort of packed (pair, rank) keys: sorting values runs
-  # several times faster than an argsort (numpy's SIMD sorts); keys too wide for int64 take lexsort.
+  # Group the (playlist, item) pairs with one sort of packed (pair, rank) keys: sorting values is
+  # faster than an argsort and the gathers after it; keys too wide for int64 take lexsort.
   rank_bits = max(1, (n - 1).bit_length())
   key_bits = (int(n_owners) * int(n_items)).bit_length() + rank_bits
   if key_bits <= 62:
@@ -363,8 +368,7 @@ def evaluate_continuation(embeddings, playlists, test_ids, k=100, n_trees=50, se
     else:
       dim = len(track_vector(embeddings[indexed[0]]))
       lists = 1 if index == "exact" else ivf_lists or default_ivf_lists(len(indexed))
-      search = ivf.IVFIndex(np.stack([_vector(embeddings, t, dim) for t in indexed]), lists, seed,
-                            copy=False)
+      search = ivf.IVFIndex(_stack(embeddings, indexed, dim), lists, seed, copy=False)
   with _timed(timings, "query seeds"):
     if index == "annoy":
       table = _query_seeds(annoy, dim, embeddings, seeds, k, threads, progress, search_k)

@@ -21,7 +21,6 @@ index and its vector, not on the thread count or on which queries share its bloc
 from __future__ import annotations
 
 import concurrent.futures
-import sys
 
 import numpy as np
 from scipy import sparse
@@ -94,7 +93,7 @@ class IVFIndex:
   def n_lists(self):
     return len(self.centroids)
 
-  def search(self, queries, k, n_probe, threads=1, progress=False):
+  def search(self, queries, k, n_probe, threads=1):
     """(len(queries), k) int32 item ids, most similar first, -1 where fewer than k were scored.
 
     Args:
@@ -102,28 +101,20 @@ class IVFIndex:
       k: neighbours per query.
       n_probe: lists each query scores (>= n_lists: exact search).
       threads: query blocks searched at once; BLAS runs one thread per block meanwhile.
-      progress: print progress to stderr.
     """
     queries = np.asarray(queries, np.float32)
     if queries.ndim != 2 or queries.shape[1] != self.dim:
       raise ValueError(f"queries must be (n, {self.dim}), got shape {queries.shape}")
     n_probe = max(1, min(int(n_probe), self.n_lists))
     out = np.empty((len(queries), k), np.int32)
-    starts = range(0, len(queries), QUERY_BLOCK)
 
     def block(start):
       stop = min(start + QUERY_BLOCK, len(queries))
       out[start:stop] = self._search_block(unit_rows(queries[start:stop]), k, n_probe)
-      return stop - start
 
-    done, reported = 0, 0
     with threadpool_limits(1 if threads > 1 else None, user_api="blas"), \
         concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
-      for finished in pool.map(block, starts):
-        done += finished
-        if progress and done - reported >= 10 * QUERY_BLOCK:
-          reported = done
-          print(f"continuation: searched {done}/{len(queries)} seeds", file=sys.stderr)
+      list(pool.map(block, range(0, len(queries), QUERY_BLOCK)))  # list(): raises a block's error
     return out
 
   def _search_block(self, queries, k, n_probe):
@@ -148,26 +139,22 @@ class IVFIndex:
       step = max(1, SCORE_ELEMENTS // (hi - lo))
       for i in range(0, len(rows), step):
         r, s = rows[i:i + step], slots[i:i + step]
-        best, which = _top_k(queries[r] @ self.members[lo:hi].T, self.ids[lo:hi], k)
+        found = queries[r] @ self.members[lo:hi].T
+        best, which = _top_k(found, np.broadcast_to(self.ids[lo:hi], found.shape), k)
         scores[r, s, :best.shape[1]] = best
         items[r, s, :best.shape[1]] = which
-    best, which = _top_k_items(scores.reshape(n, -1), items.reshape(n, -1), k)
+    best, which = _top_k(scores.reshape(n, -1), items.reshape(n, -1), k, ordered=True)
     which[~np.isfinite(best)] = -1
     return which
 
 
-def _top_k(scores, ids, k):
-  """Per row, the k best (score, id) of a (rows, m) score matrix over items `ids`, unordered."""
-  if scores.shape[1] > k:
-    keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(scores, keep, axis=1), ids[keep]
-  return scores, np.broadcast_to(ids, scores.shape)
-
-
-def _top_k_items(scores, items, k):
-  """Per row, the k best (score, item), best first; equal scores go to the smaller item id."""
+def _top_k(scores, items, k, ordered=False):
+  """Per row, the k best (score, item) of (rows, m) scores and items; with `ordered`, best first and
+  equal scores to the smaller item id."""
   if scores.shape[1] > k:
     keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     scores, items = np.take_along_axis(scores, keep, axis=1), np.take_along_axis(items, keep, axis=1)
-  order = np.lexsort((items, -scores), axis=1)
-  return np.take_along_axis(scores, order, axis=1), np.take_along_axis(items, order, axis=1)
+  if ordered:
+    order = np.lexsort((items, -scores), axis=1)
+    scores, items = np.take_along_axis(scores, order, axis=1), np.take_along_axis(items, order, axis=1)
+  return scores, items
