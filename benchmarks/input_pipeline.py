@@ -44,7 +44,7 @@ STAGE_NAMES = {
     "read": "read: interleaved TFRecordDataset",
     "parse": "+ parse Example (mel kept as bytes)",
     "decode": "+ decode whole mel to float32, pad, crop (reader before)",
-    "crop": "+ crop the float16 bytes, decode the crop (reader now)",
+    "crop": "+ crop the float16 bytes, decode the crop as bit patterns (reader now)",
     "dataset": "pipeline.dataset: + shuffle, batch, cast, prefetch",
 }
 

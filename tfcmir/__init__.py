@@ -1,9 +1,9 @@
 """tfcmir: music audio embeddings from multiple cross-modal contrastive learning (Ferraro et al. 2021)."""
 
-import os
+from tfcmir import runtime
 
-# TensorFlow's C++ INFO and WARNING lines (CUDA probing, oneDNN notices) drown the progress output of
-# every command; users who want them set TF_CPP_MIN_LOG_LEVEL themselves.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Before TensorFlow loads (tfcmir/runtime.py says why): oneDNN kernels on every x86 CPU, quiet start.
+runtime.configure_environment()
+runtime.quiet_tensorflow_start()
 
 __version__ = "0.1.0"

@@ -9,7 +9,6 @@ Sources of the defaults: the paper (Ferraro et al., IEEE SPL 2021, sections 2-3)
 says otherwise; ../shared/REFERENCE.md section 1 gathers them.
 """
 
-import logging
 import sys
 
 from absl import flags
@@ -215,13 +214,11 @@ def run_main(main, allow_args=False, pipeline_options=False):
   """
   from absl import app
 
+  from tfcmir import runtime
   from tfcmir.data.corpus import InputError
 
   def guarded(argv):
-    # app.run turns on INFO logging for every library: gensim logs each Word2Vec epoch, TensorFlow
-    # every SavedModel write, Beam every stage.
-    for name in ("gensim", "smart_open", "tensorflow", "apache_beam"):
-      logging.getLogger(name).setLevel(logging.WARNING)
+    runtime.quiet_library_logs(FLAGS.verbosity)
     args = [a for a in argv[1:] if not (pipeline_options and a.startswith("-"))]
     if args and not allow_args:
       raise app.UsageError(f"unexpected arguments: {' '.join(args)}")

@@ -316,9 +316,10 @@ def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_ra
   resumed = initial_epoch > 0
   if initial_epoch < epochs:
     try:
+      # shuffle=False: the dataset shuffles itself; Keras would only warn that it ignores the flag.
       model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
                 steps_per_epoch=steps, validation_steps=val_steps or None, callbacks=callbacks,
-                verbose=verbose if cluster.is_chief else 0)
+                shuffle=False, verbose=verbose if cluster.is_chief else 0)
     except NonFiniteLoss as err:
       raise InputError(f"{err}; training stopped. The last good checkpoint is kept: "
                        f"{manager.latest_checkpoint or 'none yet'} (lower --learning_rate, or check "

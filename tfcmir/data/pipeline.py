@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from tfcmir.audio import DB_FLOOR
@@ -113,6 +114,9 @@ def crop(mel, frames, training, seed=None):
   return mel[start:start + frames]
 
 
+_DB_FLOOR_BITS = int(np.array(DB_FLOOR, records.MEL_DTYPE).view(np.uint16))
+
+
 def crop_encoded(mel_bytes, frames, bands, training, seed=None):
   """The crop of `crop`, cut from a record's encoded float16 mel; only the crop is decoded.
 
@@ -127,7 +131,8 @@ def crop_encoded(mel_bytes, frames, bands, training, seed=None):
     seed: op seed of the random start.
 
   Returns:
-    float16 (frames, bands); a mel shorter than `frames` is padded at the end with DB_FLOOR.
+    uint16 (frames, bands): the float16 bit patterns (records.mel_from_bits converts them); a mel
+    shorter than `frames` is padded at the end with DB_FLOOR.
   """
   row = bands * records.MEL_DTYPE.itemsize
   size = tf.strings.length(mel_bytes)
@@ -139,8 +144,8 @@ def crop_encoded(mel_bytes, frames, bands, training, seed=None):
   else:
     start = room // 2
   piece = tf.strings.substr(mel_bytes, start * row, frames * row)
-  mel = tf.reshape(tf.io.decode_raw(piece, tf.float16, little_endian=True), [-1, bands])
-  return tf.pad(mel, [[0, frames - tf.shape(mel)[0]], [0, 0]], constant_values=DB_FLOOR)
+  mel = tf.reshape(tf.io.decode_raw(piece, records.MEL_BITS, little_endian=True), [-1, bands])
+  return tf.pad(mel, [[0, frames - tf.shape(mel)[0]], [0, 0]], constant_values=_DB_FLOOR_BITS)
 
 
 def dataset(tfrecord_dir, split, batch_size, crop_frames=256, training=True, seed=None,
@@ -206,8 +211,8 @@ def dataset(tfrecord_dir, split, batch_size, crop_frames=256, training=True, see
             "song_id": example["song_id"]}
 
   # Crop before the shuffle: each draw of a song still gets its own crop, and the buffer holds float16
-  # crops (~25 kB a song) instead of whole records (~180 kB for Melon). Cast after batching: one op a
-  # batch instead of one a song.
+  # crops (~25 kB a song, as bit patterns) instead of whole records (~180 kB for Melon). Convert after
+  # batching: one op a batch instead of one a song.
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=not training or shard_records)
   if only_with_cf:
@@ -220,5 +225,5 @@ def dataset(tfrecord_dir, split, batch_size, crop_frames=256, training=True, see
   if training:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  ds = ds.map(lambda batch: dict(batch, mel=tf.cast(batch["mel"], tf.float32)))
+  ds = ds.map(lambda batch: dict(batch, mel=records.mel_from_bits(batch["mel"])))
   return ds.prefetch(tf.data.AUTOTUNE)

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 MEL_DTYPE = np.dtype("<f2")
+MEL_BITS = tf.uint16  # how the readers decode MEL_DTYPE's bytes (see mel_from_bits)
 
 
 def features(max_genres, cf_dim):
@@ -70,9 +71,19 @@ def parse(serialized, max_genres, cf_dim, bands):
   Works on a scalar string (one record); map it before batching.
   """
   example = tf.io.parse_single_example(serialized, features(max_genres, cf_dim))
-  mel = tf.io.decode_raw(example["mel"], tf.float16, little_endian=True)
-  example["mel"] = tf.cast(tf.reshape(mel, [-1, bands]), tf.float32)
+  bits = tf.io.decode_raw(example["mel"], MEL_BITS, little_endian=True)
+  example["mel"] = mel_from_bits(tf.reshape(bits, [-1, bands]))
   return example
+
+
+def mel_from_bits(bits):
+  """float16 bit patterns (uint16, any shape) -> float32 values.
+
+  Readers move a mel as the uint16 bit patterns of its float16 values and convert once, here: with
+  oneDNN on (tfcmir/runtime.py), TensorFlow logs an error line for every graph op on float16 tensors
+  on CPUs without AVX512_FP16, and falls back to the same Eigen kernel; a uint16 op moves the same bytes.
+  """
+  return tf.cast(tf.bitcast(bits, tf.float16), tf.float32)
 
 
 def parse_numpy(serialized, max_genres, cf_dim, bands):
