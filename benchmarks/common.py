@@ -12,6 +12,10 @@ import platform
 import resource
 import time
 
+# Before TensorFlow loads, as every tfcmir command does: oneDNN on unless TF_ENABLE_ONEDNN_OPTS says
+# otherwise (tfcmir/runtime.py), so the figures are the ones a user gets.
+import tfcmir  # noqa: F401
+
 
 def cpu_flags():
   """The CPU feature flags that decide the fast paths (AVX-512, bfloat16, AMX), from /proc/cpuinfo."""
@@ -44,13 +48,33 @@ def usable_cores():
     return os.cpu_count()
 
 
+def isa_class(flags=None):
+  """The CPU class that decides TensorFlow's kernels: AMX, AVX-512, AVX2 or older."""
+  flags = cpu_flags() if flags is None else flags
+  if any(f.startswith("amx") for f in flags):
+    return "AMX"
+  return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "pre-AVX2"
+
+
+def onednn_enabled():
+  """Whether TensorFlow's oneDNN kernels are on in this process (its own runtime answer, which
+  follows TF_ENABLE_ONEDNN_OPTS and, unset, the CPU's features)."""
+  from tensorflow.python.util import _pywrap_util_port
+  return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def kernels_line():
+  return f"{isa_class()} CPU, oneDNN kernels {'on' if onednn_enabled() else 'off (Eigen)'}"
+
+
 def machine_line(extra=""):
-  """One line naming the machine: cores, CPU, its vector features, TensorFlow and Python versions."""
+  """One line naming the machine: cores, CPU, its ISA class and vector features, which kernels
+  TensorFlow runs, TensorFlow and Python versions."""
   import tensorflow as tf
   gpus = tf.config.list_physical_devices("GPU")
   gpu = f", {len(gpus)} GPU(s)" if gpus else ", no GPU"
   line = (f"machine: {usable_cores()} cores ({cpu_model()}; {' '.join(cpu_flags()) or 'no AVX'}){gpu}; "
-          f"TensorFlow {tf.__version__}, Python {platform.python_version()}")
+          f"{kernels_line()}; TensorFlow {tf.__version__}, Python {platform.python_version()}")
   return line + (f"; {extra}" if extra else "")
 
 

@@ -3,8 +3,11 @@
     python benchmarks/train_step.py                   # paper + demo size, 4 configurations each
     python benchmarks/train_step.py --profile         # + where a paper-size step spends its time
     python benchmarks/train_step.py --quick           # smoke test (CI): demo size, tiny batch
+    python benchmarks/train_step.py --onednn=on,off --configs=float32   # oneDNN against Eigen
 
-Each configuration (float32; float32 + XLA `jit_compile`; mixed bfloat16, on CPUs with AVX512_BF16
+`--onednn` runs each configuration with TensorFlow's oneDNN kernels on, off, or both (the child's
+TF_ENABLE_ONEDNN_OPTS; tfcmir turns them on by default, TensorFlow alone only on CPUs with AVX512_VNNI,
+AVX512_BF16 or AMX), and reports which kernels actually ran. Each configuration (float32; float32 + XLA `jit_compile`; mixed bfloat16, on CPUs with AVX512_BF16
 or AMX; mixed + XLA) runs in its own subprocess, so its peak memory is its own. A subprocess builds the
 model as `tfcmir.train.train` does (same strategy, precision policy, model, Adam with weight decay,
 `compile(jit_compile=...)`) and runs `fit` on one synthetic batch repeated in memory, so the input
@@ -181,6 +184,7 @@ def worker(args):
   print("RESULT " + json.dumps({
       "policy": policy, "step_s": median, "best_step_s": min(timer.times),
       "songs_per_s": args.batch / median, "first_step_s": warm.times[0],
+      "onednn": common.onednn_enabled(),
       "peak_rss_gb": common.peak_rss_gb(), "seconds": time.perf_counter() - started,
       "params": int(sum(np.prod(v.shape) for v in model.trainable_variables))}), flush=True)
 
@@ -265,11 +269,12 @@ def clock_mhz():
     return None
 
 
-def run_child(args, size, config, profile=False):
+def run_child(args, size, config, profile=False, onednn="on"):
+  env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1" if onednn == "on" else "0")
   command = [sys.executable, os.path.abspath(__file__), "--worker", "--size", size, "--config",
              config, "--batch", str(args.batch), "--steps", str(args.steps), "--repeats",
              str(args.repeats), "--warmup", str(args.warmup)] + (["--profile"] if profile else [])
-  done = subprocess.run(command, capture_output=True, text=True, check=False)
+  done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
   lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
   if done.returncode or not lines:
     return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:200]}
@@ -297,6 +302,8 @@ def main():
   parser.add_argument("--sizes", default="paper,demo")
   parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, of: "
                       + ", ".join(CONFIGS))
+  parser.add_argument("--onednn", default="on", help="on, off or on,off: TensorFlow's oneDNN kernels "
+                      "in the timed subprocesses (off = Eigen, TensorFlow's default on AVX2 CPUs)")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
   parser.add_argument("--repeats", type=int, default=3, help="timed fit calls")
@@ -318,8 +325,10 @@ def main():
   configs = args.configs.split(",")
   unknown = [c for c in configs if c not in CONFIGS] + [s for s in args.sizes.split(",")
                                                         if s not in SIZES]
+  onednn = args.onednn.split(",")
+  unknown += [o for o in onednn if o not in ("on", "off")]
   if unknown:
-    parser.error(f"unknown configuration or size: {unknown}")
+    parser.error(f"unknown configuration, size or --onednn value: {unknown}")
 
   import tensorflow as tf
   cores = common.usable_cores()
@@ -360,24 +369,29 @@ def main():
   rows, results = [], {}
   bf16 = bf16_capable()
   for size in args.sizes.split(","):
-    for config in configs:
+    for config, kernels in [(c, o) for c in configs for o in onednn]:
       if CONFIGS[config][0] and not bf16:
-        rows.append([size, config, "skipped: no AVX512_BF16/AMX or GPU"] + [""] * 6)
+        rows.append([size, config, kernels, "skipped: no AVX512_BF16/AMX or GPU"] + [""] * 7)
         continue
-      print(f"running {size} size, {config} ...", file=sys.stderr, flush=True)
-      result = results[size, config] = run_child(args, size, config)
+      print(f"running {size} size, {config}, oneDNN {kernels} ...", file=sys.stderr, flush=True)
+      result = results[size, config, kernels] = run_child(args, size, config, onednn=kernels)
       if "error" in result:
-        rows.append([size, config, f"failed: {result['error']}"] + [""] * 6)
+        rows.append([size, config, kernels, f"failed: {result['error']}"] + [""] * 7)
         continue
+      ran = "oneDNN" if result["onednn"] else "Eigen"
+      first = results.get((size, config, onednn[0]), {})
+      ratio = (f"{result['songs_per_s'] / first['songs_per_s']:.2f}x"
+               if kernels != onednn[0] and "songs_per_s" in first else "1.00x")
       gflops = result["songs_per_s"] * train_flops[size] / 1e9
-      row = [size, config, f"{result['songs_per_s']:,.1f}", f"{result['step_s'] * 1e3:,.0f}",
+      row = [size, config, ran, f"{result['songs_per_s']:,.1f}", ratio,
+             f"{result['step_s'] * 1e3:,.0f}",
              f"{result['first_step_s']:,.1f}", f"{result['peak_rss_gb']:.2f}", f"{gflops:,.0f}",
              f"{100 * gflops / peak:.0f} %"]
       row.append(f"{100 * gflops / theoretical:.0f} %" if theoretical else "n/a")
       if pipeline:
         row.append(f"{pipeline[max(pipeline)] / result['songs_per_s']:,.0f}x")
       rows.append(row)
-  headers = ["size", "configuration", "songs/s", "ms/step", "first step s", "peak RSS GB",
+  headers = ["size", "configuration", "kernels", "songs/s", f"vs oneDNN {onednn[0]}", "ms/step", "first step s", "peak RSS GB",
              "GFLOP/s", "of measured fp32 peak", "of theoretical fp32 peak"]
   if pipeline:
     headers.append(f"pipeline ({max(pipeline)} cores) / step")
@@ -386,7 +400,7 @@ def main():
         "fwd+bwd FLOPs above")
   print(common.table(headers, rows))
   for size in [s for s in args.sizes.split(",") if s == "paper"]:
-    result = results.get((size, "float32"), {})
+    result = results.get((size, "float32", onednn[0]), {})
     if "songs_per_s" in result:
       epoch = 520_000 / result["songs_per_s"]
       print(f"{size} size, float32: {result['songs_per_s']:,.1f} songs/s = "

@@ -107,6 +107,12 @@ def test_tflite_runs_without_tensorflow_and_matches(exported, tmp_path):
     else:
       assert export.cosine(got, reference[kind]) > 0.99, name
   assert manifest["tflite"]["mel_dynamic_range"]  # the quantised mel model is shipped
+  # A quantised model that fails its check is named in the manifest, with the reason, and absent.
+  for name, reason in manifest["tflite_not_written"].items():
+    assert reason.startswith("cosine ") and not os.path.exists(os.path.join(out, "tflite", name))
+  written = {os.path.basename(p) for p in manifest["tflite"].values()}
+  assert written | set(manifest["tflite_not_written"]) == {
+      f"audio_{k}_{s}.tflite" for k in ("mel", "waveform") for s in ("float32", "dynamic_range")}
 
 
 def test_export_manifest_checksums_and_atomicity(exported, monkeypatch, tmp_path):

@@ -6,4 +6,20 @@ from tfcmir import runtime
 runtime.configure_environment()
 runtime.quiet_tensorflow_start()
 
+
+def _preflight():
+  """`python -m tfcmir.X --bad-flag` fails (and --help answers) here, before X imports TensorFlow."""
+  import sys
+
+  # While `python -m` locates the command's module (and so imports this package), argv[0] is "-m".
+  if sys.argv[:1] == ["-m"]:
+    from tfcmir import flags
+
+    module = flags.command_module()
+    if module:
+      flags.preflight(module, sys.argv[1:])
+
+
+_preflight()
+
 __version__ = "0.1.0"

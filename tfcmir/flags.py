@@ -193,6 +193,76 @@ def resolved():
   return {f.name: f.value for f in FLAGS.get_key_flags_for_module(__name__)}
 
 
+_HELP = ("-h", "-?", "--help", "--helpshort")
+
+
+def command_module(orig_argv=None):
+  """'tfcmir.train' when this process is `python -m tfcmir.train ...`, else None."""
+  orig_argv = sys.orig_argv if orig_argv is None else orig_argv
+  try:
+    name = orig_argv[orig_argv.index("-m") + 1]
+  except (ValueError, IndexError):
+    return None
+  return name if name.startswith("tfcmir.") else None
+
+
+def preflight(module, args):
+  """Answers --help and flag errors for `python -m <module> <args>` before TensorFlow is imported.
+
+  Called from tfcmir/__init__.py, which runs first under `python -m`: the command's module imports
+  TensorFlow (~5 s) before absl's app.run would parse a single flag. Every flag is defined here, so the
+  whole command line can be checked now; app.run parses it again for good. A valid line leaves FLAGS
+  unparsed (absl would append multi-flag values twice) and hands --verbosity to tfcmir.runtime, which
+  decides before TensorFlow loads whether its start-up lines are shown.
+  """
+  from absl import app  # noqa: F401  (defines absl's own flags: --verbosity, --pdb, ...)
+
+  from tfcmir import runtime
+
+  if any(a in _HELP or a == "--helpfull" for a in args):
+    _print_help(module, full="--helpfull" in args)
+    sys.exit(0)
+  try:
+    rest = FLAGS([module] + list(args), known_only=True)
+    if FLAGS.runner is None:  # without a pipeline, a flag nobody knows is an error (as in run_main)
+      unknown = [a for a in rest[1:] if a.startswith("-")]
+      if unknown:
+        raise flags.Error(f"Unknown command line flag '{unknown[0].lstrip('-').split('=')[0]}'")
+  except flags.Error as err:
+    print(f"FATAL Flags parsing error: {err}\nPass --helpshort or --helpfull to see help on flags.",
+          file=sys.stderr)
+    sys.exit(1)
+  runtime.command_verbosity = FLAGS.verbosity
+  FLAGS.unparse_flags()
+
+
+def _print_help(module, full):
+  """The command's docstring, read from its source (importing it would load TensorFlow), then the
+  flags: tfcmir's (--helpshort) or every flag absl knows (--helpfull)."""
+  import ast
+  import importlib.util
+  import os
+
+  spec = importlib.util.find_spec(module)
+  origin = spec.origin if spec else None
+  if origin and spec.submodule_search_locations:  # a package: its command line lives in cli.py
+    folder = os.path.dirname(origin)
+    origin = next((os.path.join(folder, f) for f in ("cli.py", "__main__.py")
+                   if os.path.exists(os.path.join(folder, f))), origin)
+  try:
+    with open(origin, encoding="utf-8") as f:
+      doc = ast.get_docstring(ast.parse(f.read())) or ""
+  except (OSError, TypeError, SyntaxError):
+    doc = ""
+  text = doc.strip() + "\n\n" + (FLAGS.get_help() if full else FLAGS.module_help(sys.modules[__name__])
+                                  + "\n\nTry --helpfull to get a list of all flags.")
+  try:
+    print(text)
+    sys.stdout.flush()
+  except BrokenPipeError:  # `... --helpfull | head`
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _parse_leaving_pipeline_options(argv):
   """Parses tfcmir's flags; with --runner, flags it does not know stay in argv for Apache Beam."""
   from absl import app

@@ -38,6 +38,9 @@ _START_NOISE = re.compile(
 _CUDA_NOISE = re.compile(r"cudart_stub\.cc.*Could not find cuda drivers|failed call to cuInit")
 # Read before configure_environment() puts in its default: a level the user chose means "show me".
 _user_set_log_level = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+# absl's --verbosity of the command being run, when tfcmir.flags.preflight() read it before TensorFlow
+# loaded (the flags are parsed for good only later, by absl's app.run).
+command_verbosity = None
 
 
 def configure_environment(environ=os.environ):
@@ -56,6 +59,8 @@ def _verbose():
   """The user asked for TensorFlow's own lines: their TF_CPP_MIN_LOG_LEVEL, or absl --verbosity >= 1."""
   if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") not in ("2", "3") or _user_set_log_level:
     return True
+  if command_verbosity is not None:
+    return command_verbosity >= 1
   from absl import flags
   return flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].value >= 1
 
