@@ -26,13 +26,15 @@ def python(*args, env=None, **environ):
 
 ONEDNN_STATE = ("import os, tfcmir, tensorflow\n"
                 "from tensorflow.python.util import _pywrap_util_port\n"
-                "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], _pywrap_util_port.IsMklEnabled())")
+                "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset'), _pywrap_util_port.IsMklEnabled())")
 
 
 def test_import_turns_onednn_on_and_prints_nothing():
   done = python("-c", ONEDNN_STATE + "\nprint(float(tensorflow.constant(1.0) + 1))")
   assert done.returncode == 0, done.stderr
-  assert done.stdout.split() == ["1", "True", "2.0"]
+  # On, and our default does not leak into child processes (Essentia's libtensorflow 2.5 dies of
+  # SIGFPE with oneDNN forced on); the user's own setting stays, as the next test checks.
+  assert done.stdout.split() == ["unset", "True", "2.0"]
   assert done.stderr == ""  # no CUDA probing lines, no oneDNN notice, no absl preamble
 
 

@@ -5,7 +5,9 @@ Two things can only be decided before TensorFlow is imported:
 - **oneDNN kernels.** TensorFlow turns them on by default only on CPUs with AVX512_VNNI, AVX512_BF16 or
   AMX; elsewhere (AVX2-only machines, many users' and some of our own) the Eigen kernels run, whose
   convolutions go through im2col. `TF_ENABLE_ONEDNN_OPTS=1` is 1.8-2.5x faster in training there
-  (benchmarks/train_step.py prints both). A value the user set wins.
+  (benchmarks/train_step.py prints both). A value the user set wins. Ours is taken out of the
+  environment once TensorFlow has read it, so child processes start as the user's shell would start
+  them (Essentia's libtensorflow 2.5 dies with it on AVX-512 CPUs).
 - **Start-up noise.** TensorFlow's shared libraries log before absl's logging is initialised, so
   `TF_CPP_MIN_LOG_LEVEL` cannot silence those lines (the oneDNN notice, "Could not find cuda drivers",
   printed once per library), and probing for a GPU prints `failed call to cuInit` on a machine without
@@ -16,6 +18,7 @@ Two things can only be decided before TensorFlow is imported:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import logging
@@ -41,14 +44,34 @@ _user_set_log_level = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 # absl's --verbosity of the command being run, when tfcmir.flags.preflight() read it before TensorFlow
 # loaded (the flags are parsed for good only later, by absl's app.run).
 command_verbosity = None
+_onednn_set_here = False  # configure_environment() put TF_ENABLE_ONEDNN_OPTS=1 in os.environ
 
 
 def configure_environment(environ=os.environ):
   """Defaults for TensorFlow's environment variables; the user's own values win."""
-  environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+  global _onednn_set_here
+  if "TF_ENABLE_ONEDNN_OPTS" not in environ and "tensorflow" not in sys.modules:
+    environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    _onednn_set_here = environ is os.environ
   # Keras and TensorFlow INFO/WARNING lines from C++ (saver sharding, oneDNN notices) drown the
   # progress bars of every command.
   environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _settle_onednn():
+  """Once TensorFlow is loaded: fixes its oneDNN choice, then takes our default out of the environment.
+
+  TensorFlow reads TF_ENABLE_ONEDNN_OPTS once and keeps the answer, so the variable is not needed
+  afterwards, and left in place it would reach every child process. Essentia's bundled libtensorflow
+  2.5 is one such child: with oneDNN forced on it dies of SIGFPE on AVX-512 CPUs (measured here).
+  """
+  global _onednn_set_here
+  from tensorflow.python.util import _pywrap_util_port
+
+  _pywrap_util_port.IsMklEnabled()  # the first call reads the variable and latches the answer
+  if _onednn_set_here and os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1":
+    del os.environ["TF_ENABLE_ONEDNN_OPTS"]
+  _onednn_set_here = False
 
 
 def _has_nvidia_device():
@@ -108,25 +131,26 @@ class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
       return None
     sys.meta_path.remove(self)  # one shot: TensorFlow's own submodules import normally
     spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-    if spec is None or spec.loader is None or _verbose():
+    if spec is None or spec.loader is None:
       return spec
-    spec.loader = _QuietLoader(spec.loader)
+    spec.loader = _QuietLoader(spec.loader, quiet=not _verbose())
     return spec
 
 
 class _QuietLoader(importlib.abc.Loader):
-  def __init__(self, loader):
-    self.loader = loader
+  def __init__(self, loader, quiet):
+    self.loader, self.quiet = loader, quiet
 
   def create_module(self, spec):
     return self.loader.create_module(spec)
 
   def exec_module(self, module):
-    with _FilteredStderr():
+    with _FilteredStderr() if self.quiet else contextlib.nullcontext():
       self.loader.exec_module(module)
       # The GPU probe (cuInit) runs at the first device query; doing it here keeps its line inside
       # the filter. It is cheap (well under a millisecond) and leaves logical devices configurable.
       module.config.list_physical_devices()
+      _settle_onednn()
 
 
 class _LibraryInfoFilter(logging.Filter):
@@ -155,7 +179,8 @@ def quiet_library_logs(verbosity=0):
 
 
 def quiet_tensorflow_start():
-  """Installs the one-shot import hook (nothing to do if TensorFlow is already loaded)."""
+  """Installs the one-shot import hook (nothing to do if TensorFlow is already loaded); the hook also
+  settles the oneDNN choice (_settle_onednn)."""
   if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
     return
   sys.meta_path.insert(0, _QuietTensorFlowFinder())
