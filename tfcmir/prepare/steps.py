@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 
@@ -22,7 +23,7 @@ import numpy as np
 import scipy.sparse
 from absl import logging
 
-from tfcmir import __version__
+from tfcmir import __version__, safeio
 from tfcmir.data.corpus import InputError
 from tfcmir.prepare import genres as genres_lib
 from tfcmir.prepare import shards, split as split_lib
@@ -30,6 +31,7 @@ from tfcmir.prepare import shards, split as split_lib
 MANIFEST = "manifest.json"
 STATE = "state.json"
 FORMAT_VERSION = 1
+_SHARD = re.compile(r"^\.?(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.partial)?$")  # only ours
 ARTIFACTS = ("split.json", "genre_vectors.npy", "genre_vocab.json", "warp.npz", STATE, MANIFEST)
 
 
@@ -67,16 +69,13 @@ def _load_json(path):
 
 
 def _save_json(path, obj):
-  temporary = path + ".partial"
-  with open(temporary, "w", encoding="utf-8") as f:
-    json.dump(obj, f, ensure_ascii=False, indent=1)
-  os.replace(temporary, path)
+  safeio.write_json(path, obj, ensure_ascii=False)
 
 
 def _clear(out_dir):
   for name in os.listdir(out_dir):
     path = os.path.join(out_dir, name)
-    if name.endswith(".tfrecord") or name.endswith(".tfrecord.partial") or name in ARTIFACTS:
+    if _SHARD.match(name) or name in ARTIFACTS:
       os.remove(path)
     elif name.startswith(".") and name.endswith(".partial"):
       os.remove(path)
