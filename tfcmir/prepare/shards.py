@@ -60,6 +60,7 @@ def plan(entries, songs_per_shard, out_dir, bands, crop_frames, strict):
   return tasks
 
 
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 sha256_file = safeio.sha256_file  # the name the pipeline and tests know
 
 
@@ -86,6 +87,14 @@ def song_example(entry, bands, crop_frames, problems):
     mel = _song_mel(entry, bands)
   except InputError as err:
     problems.report("bad_mel" if entry.mel_path else "bad_audio", str(err))
+    return None
+  # Shards store float16: a larger value would become +-inf there, and training would then fail far
+  # from its cause. Such mels are not in any front end's range (dB or log-compressed magnitudes).
+  high, low = float(np.max(mel)), float(np.min(mel))
+  if max(high, -low) > FLOAT16_MAX:
+    problems.report("bad_mel", f"{entry.mel_path or entry.audio_path}: song {entry.song_id}: mel "
+                    f"values reach {high if high > -low else low:.4g}, beyond float16's +-65504 (the "
+                    "shards' type)")
     return None
   if mel.shape[0] < crop_frames:
     problems.note("short_mel", f"song {entry.song_id}: {mel.shape[0]} frames < {crop_frames}, "

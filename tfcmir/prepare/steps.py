@@ -157,10 +157,13 @@ def songs_per_shard(corpus, config):
   frames = []
   for song in corpus.songs[:20]:
     if song.mel_path:
+      # Only well-formed mels size the shards; the others are reported, by name, when written.
       try:
-        frames.append(np.load(song.mel_path, mmap_mode="r").shape[-1])
-      except (OSError, ValueError):
+        shape = np.load(song.mel_path, mmap_mode="r").shape
+      except (OSError, ValueError, EOFError):  # EOFError: an empty .npy
         continue
+      if len(shape) == 2 and shape[0] == config.bands and shape[1] >= 1:
+        frames.append(shape[1])
     elif song.audio_path:
       import soundfile as sf
       try:
