@@ -148,3 +148,32 @@ def test_verification_is_cheap(checked_export):
   started = time.perf_counter()
   embed.verify_export(checked_export, manifest, "saved_model")
   assert time.perf_counter() - started < 0.5
+
+
+# --- Embed outputs. ------------------------------------------------------------------------------------
+
+
+def test_embed_rerun_removes_its_own_stale_files_only(tmp_path):
+  out = tmp_path / "emb"
+  rows = [{"path": "a.wav", "patches": 2, "padded": False, "seconds": 8.0}]
+  per_patch = [np.ones((2, 4), np.float32)]
+  embed.write_outputs(str(out), rows, per_patch, per_patch_out=True)
+  (out / "notes.txt").write_text("mine")
+  assert (out / "patch_embeddings.npy").exists()
+  embed.write_outputs(str(out), rows, per_patch)  # no --per_patch this time
+  assert sorted(os.listdir(out)) == ["embeddings.npy", "embeddings_manifest.json", "index.csv",
+                                     "notes.txt"]
+  embed.write_outputs(str(out), rows, per_patch, fmt="npz")
+  assert sorted(os.listdir(out)) == ["embeddings.npz", "embeddings_manifest.json", "notes.txt"]
+
+
+def test_embed_with_no_readable_input_exits_non_zero(checked_export, tmp_path):
+  from conftest import run_module
+  broken = tmp_path / "broken.wav"
+  broken.write_bytes(b"RIFF not audio")
+  result = run_module("tfcmir.embed", f"--embed_model={checked_export}", f"--out={tmp_path / 'out'}",
+                      str(broken), timeout=300)
+  assert result.returncode == 1
+  assert f"none of the 1 input files could be read (e.g. {broken}" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "out" / "embeddings.npy").exists()

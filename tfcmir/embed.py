@@ -35,6 +35,7 @@ TFLITE_FILES = {"tflite": "audio_mel_float32.tflite", "tflite_quantized": "audio
 # patches has a 400 MB first activation, so it streams from memory; a few patches stay in cache.
 SAVED_MODEL_CHUNK = 16
 TFLITE_CHUNK = 4
+MANIFEST = "embeddings_manifest.json"  # what an embed run wrote into --out (Beam's too)
 
 
 def find_audio(paths):
@@ -206,9 +207,37 @@ def embed_files(paths, encoder, batch_patches=64, progress=True):
   return rows, per_patch, skipped
 
 
+def check_some_read(paths, skipped):
+  """InputError when not one input could be read: an empty result is no success."""
+  if paths and len(skipped) >= len(paths):
+    path, reason = skipped[0]
+    raise InputError(f"none of the {len(paths)} input files could be read (e.g. {path}: {reason})")
+
+
+def previous_outputs(out):
+  """The files an earlier embed (local or Beam) listed in out's embeddings manifest: ours to remove."""
+  path = os.path.join(out, MANIFEST)
+  try:
+    manifest = safeio.read_json(path)
+    files = list(manifest.get("files", []))
+  except (OSError, ValueError, AttributeError, TypeError):
+    return []
+  if manifest.get("format") != "local":
+    files.append("skipped.csv")  # a Beam run's, not in its list of shards
+  return [f for f in files if isinstance(f, str) and os.path.basename(f) == f]
+
+
+def remove_stale(out, previous, written):
+  """Removes what an earlier run wrote into `out` and this one did not (never files of others)."""
+  safeio.remove_ours(out, sorted(set(previous) - set(written)))
+
+
 def write_outputs(out, rows, per_patch, per_patch_out=False, fmt="npy"):
-  """Writes the arrays and the index, each under a temporary name renamed when complete."""
+  """Writes the arrays and the index, each under a temporary name renamed when complete, and
+  embeddings_manifest.json listing them; files an earlier run listed there and this one did not
+  write (an old patch_embeddings.npy) are removed."""
   os.makedirs(out, exist_ok=True)
+  previous = previous_outputs(out)
   means = np.stack([p.mean(0) for p in per_patch]).astype(np.float32) if per_patch else np.zeros((0, 0))
   first = np.cumsum([0] + [r["patches"] for r in rows])[:-1]
   arrays = {"embeddings": means}
@@ -219,6 +248,7 @@ def write_outputs(out, rows, per_patch, per_patch_out=False, fmt="npy"):
     arrays.update(paths=np.array([r["path"] for r in rows]), patches=np.array([r["patches"] for r in rows]),
                   first_patch=first, padded=np.array([r["padded"] for r in rows]))
     _atomic(os.path.join(out, "embeddings.npz"), lambda f: np.savez(f, **arrays))
+    _finish(out, previous, ["embeddings.npz"])
     return
   for name, array in arrays.items():
     _atomic(os.path.join(out, f"{name}.npy"), lambda f, a=array: np.save(f, a))
@@ -230,6 +260,13 @@ def write_outputs(out, rows, per_patch, per_patch_out=False, fmt="npy"):
       writer.writerow([i, row["path"], row["patches"], int(start), int(row["padded"]),
                        f"{row['seconds']:.2f}"])
   _atomic(os.path.join(out, "index.csv"), write_index, text=True)
+  _finish(out, previous, [f"{name}.npy" for name in arrays] + ["index.csv"])
+
+
+def _finish(out, previous, written):
+  remove_stale(out, previous, written)
+  safeio.write_json(os.path.join(out, MANIFEST), {"written_by": safeio.WRITTEN_BY, "format": "local",
+                                                  "files": written})
 
 
 def _atomic(path, write, text=False):
@@ -257,6 +294,7 @@ def main(argv):
   started = time.time()
   encoder = Encoder(FLAGS.embed_model, FLAGS.artifact)
   rows, per_patch, skipped = embed_files(paths, encoder, FLAGS.embed_batch)
+  check_some_read(paths, skipped)
   write_outputs(FLAGS.out, rows, per_patch, FLAGS.per_patch, FLAGS.embed_format)
   elapsed = time.time() - started
   audio_seconds = sum(r["seconds"] for r in rows)

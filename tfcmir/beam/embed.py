@@ -131,6 +131,7 @@ def run(paths, export_dir, out, pipeline_options, artifact="saved_model", batch_
       raise InputError("--beam_output=parquet needs pyarrow: pip install pyarrow") from err
   os.makedirs(out, exist_ok=True)
   manifest_path = os.path.join(out, outputs.MANIFEST)
+  previous = embed_lib.previous_outputs(out)
   if os.path.exists(manifest_path):
     os.remove(manifest_path)  # from now on the folder holds no complete result until this run's
   work_dir = os.path.join(out, WORK_DIR)
@@ -146,11 +147,13 @@ def run(paths, export_dir, out, pipeline_options, artifact="saved_model", batch_
   os.replace(os.path.join(work_dir, "skipped.csv"), os.path.join(out, outputs.SKIPPED))
   shutil.rmtree(work_dir)
   _remove_stale_shards(out, files)
+  embed_lib.remove_stale(out, previous, files + [outputs.SKIPPED])
   with open(os.path.join(out, outputs.SKIPPED), encoding="utf-8", newline="") as f:
     skipped = [(r["path"], r["reason"]) for r in csv.DictReader(f)]
+  embed_lib.check_some_read(paths, skipped)
   counts = {name: options_lib.counter(result, name)
             for name in ("files", "patches", "padded", "audio_ms")}
-  manifest = {"format": fmt, "files": files, "embedded": counts["files"],
+  manifest = {"written_by": safeio.WRITTEN_BY, "format": fmt, "files": files, "embedded": counts["files"],
               "patches": counts["patches"], "padded": counts["padded"],
               "audio_seconds": counts["audio_ms"] / 1000 if counts["audio_ms"] is not None else None,
               "skipped": len(skipped), "inputs": len(paths),
