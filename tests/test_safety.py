@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SMALL_DEMO
+from conftest import REAL_AUDIO, REAL_FILES
 from tfcmir import embed, safeio, train
 from tfcmir.data import demo
 from tfcmir.data.corpus import InputError
@@ -177,3 +177,44 @@ def test_embed_with_no_readable_input_exits_non_zero(checked_export, tmp_path):
   assert f"none of the 1 input files could be read (e.g. {broken}" in result.stderr
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "out" / "embeddings.npy").exists()
+
+
+# --- Long audio in bounded memory. ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", REAL_FILES)
+def test_streamed_audio_and_chunked_mels_equal_the_whole_file(name):
+  from tfcmir import audio
+  path = os.path.join(REAL_AUDIO, name)
+  whole = audio.load_audio(path)
+  streamed = np.concatenate(list(audio.stream_audio(path, block_seconds=1.3)))
+  mel = np.asarray(audio.mel_spectrogram(whole))
+  chunks = list(audio.mel_chunks(path, 256))
+  assert all(len(c) == 256 for c in chunks[:-1])
+  if name.endswith(".mp3"):  # the decoder's block boundaries move a few samples by 1e-7
+    np.testing.assert_allclose(streamed, whole, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate(chunks), mel, atol=1e-2)
+  else:
+    np.testing.assert_array_equal(streamed, whole)
+    np.testing.assert_allclose(np.concatenate(chunks), mel, atol=1e-4)
+
+
+def test_chunked_embeddings_equal_whole_file_ones(checked_export, tmp_path, monkeypatch):
+  """Three minutes of 44.1 kHz stereo, embedded 2 patches (8 s) at a time vs the whole file at once."""
+  import soundfile as sf
+
+  from tfcmir import audio
+  rng = np.random.default_rng(0)
+  t = np.arange(44100 * 180) / 44100
+  tones = sum(np.sin(2 * np.pi * f * t * (1 + 0.01 * np.sin(t / 7))) for f in (110, 330, 880))
+  noise = 0.05 * rng.standard_normal((len(t), 2))
+  path = str(tmp_path / "long.flac")
+  sf.write(path, (0.2 * tones[:, None] + noise).astype(np.float32), 44100, subtype="PCM_16")
+  monkeypatch.setattr(embed, "CHUNK_PATCHES", 2)
+  patches, padded, seconds = embed.file_patches(path)
+  whole = np.asarray(audio.split_patches(audio.mel_spectrogram(audio.load_audio(path))[None], 256))[0]
+  assert patches.shape == whole.shape and not padded and abs(seconds - 180) < 1e-3
+  encoder = embed.Encoder(checked_export)
+  a, b = encoder(patches), encoder(whole)
+  cosine = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+  assert cosine.min() > 0.9999

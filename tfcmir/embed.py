@@ -144,35 +144,30 @@ def _usable_cores():
     return os.cpu_count() or 1
 
 
-_MEL_PATCHES = None
-
-
-def _mel_patches(waveform):
-  """(samples,) 16 kHz waveform -> ((patches, 256, 48) mel patches, mel frames), as one graph.
-
-  The front end run eagerly costs ~6x more than the same ops traced once (one kernel launch per op
-  and file); the fixed input signature means files of any length share the one trace.
-  """
-  global _MEL_PATCHES
-  if _MEL_PATCHES is None:
-    import tensorflow as tf
-    layer = audio.MelSpectrogram()
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
-    def mel_patches(samples):
-      mel = layer(samples[None])
-      return audio.split_patches(mel, PATCH_FRAMES)[0], tf.shape(mel)[1]
-
-    _MEL_PATCHES = mel_patches
-  patches, frames = _MEL_PATCHES(waveform)
-  return patches.numpy(), int(frames)
+# The mel is computed this many patches at a time (~4 min of audio): memory holds one chunk of audio
+# and its frames, plus the file's patches (~0.7 MB a minute), whatever the file's length.
+CHUNK_PATCHES = 64
+FRONTEND = {}  # MelSpectrogram arguments beyond its defaults
 
 
 def file_patches(path):
-  """One file -> ((patches, 256, 48) mel patches, padded: bool, seconds of audio)."""
-  waveform = audio.load_audio(path)
-  patches, frames = _mel_patches(waveform)
-  return patches, frames < PATCH_FRAMES, len(waveform) / audio.SAMPLE_RATE
+  """One file -> ((patches, 256, 48) mel patches, padded: bool, seconds of audio).
+
+  Consecutive 256-frame patches of the whole-file mel, the incomplete tail dropped; a file shorter
+  than one patch is padded with silence to one patch (audio.split_patches).
+  """
+  stats, parts, tail = {}, [], None
+  for mel in audio.mel_chunks(path, CHUNK_PATCHES * PATCH_FRAMES, stats=stats, **FRONTEND):
+    if tail is not None and len(tail):
+      mel = np.concatenate([tail, mel])
+    whole = len(mel) // PATCH_FRAMES * PATCH_FRAMES
+    if whole:
+      parts.append(mel[:whole].reshape(-1, PATCH_FRAMES, mel.shape[1]))
+    tail = mel[whole:]
+  padded = not parts
+  patches = (np.asarray(audio.split_patches(tail[None], PATCH_FRAMES))[0] if padded
+             else np.concatenate(parts))
+  return patches.astype(np.float32, copy=False), padded, stats["samples"] / stats["sample_rate"]
 
 
 def embed_files(paths, encoder, batch_patches=64, progress=True):
