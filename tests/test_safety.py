@@ -218,3 +218,68 @@ def test_chunked_embeddings_equal_whole_file_ones(checked_export, tmp_path, monk
   a, b = encoder(patches), encoder(whole)
   cosine = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
   assert cosine.min() > 0.9999
+
+
+# --- Every command: files of others survive. -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_foreign_file_in_every_output_folder_survives(small_demo, small_prepared, checked_export,
+                                                        tmp_path):
+  """demo, prepare, train, export, embed and evaluate write (and re-write with --overwrite) into
+  folders that hold a file of someone else's; it is there, unchanged, afterwards (~90 s)."""
+  from conftest import FAST_PREPARE
+  from tfcmir import export
+  from tfcmir.data import melon
+  from tfcmir.evaluate import cli as evaluate_cli
+  from tfcmir.prepare import steps
+
+  def plant(folder):
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "mine.txt")
+    with open(path, "w") as f:
+      f.write(f"not tfcmir's: {folder}")
+    return path
+
+  def survived(path):
+    with open(path) as f:
+      return f.read() == f"not tfcmir's: {os.path.dirname(path)}"
+
+  planted = []
+  data = str(tmp_path / "demo")
+  demo.generate(data, TINY_DEMO, workers=1)
+  planted.append(plant(data))
+  demo.generate(data, TINY_DEMO, workers=1, overwrite=True)
+
+  corpus = melon.read_melon(os.path.join(data, "melon"))
+  tfrecords = str(tmp_path / "tfrecords")
+  planted.append(plant(tfrecords))
+  config = FAST_PREPARE()
+  steps.prepare(corpus, tfrecords, config, workers=1, progress=False)
+  steps.prepare(corpus, tfrecords, config, workers=1, progress=False, overwrite=True)
+
+  _, prepared, manifest = small_prepared
+  run = str(tmp_path / "run")
+  _train(prepared, run, _config("contr_cf_g", prepared, manifest))
+  planted.append(plant(run))
+  _train(prepared, run, _config("contr_cf_g", prepared, manifest), overwrite=True)
+
+  out = str(tmp_path / "export")
+  export.export(run, out, essentia=False)
+  planted.append(plant(out))
+  export.export(run, out, overwrite=True, essentia=False)
+  embed.Encoder(out)  # the swapped-in export verifies
+
+  embeddings = str(tmp_path / "embeddings")
+  planted.append(plant(embeddings))
+  files = [os.path.join(REAL_AUDIO, n) for n in REAL_FILES[:2]]
+  for per_patch in (True, False):
+    rows, per, _ = embed.embed_files(files, embed.Encoder(checked_export), progress=False)
+    embed.write_outputs(embeddings, rows, per, per_patch_out=per_patch)
+
+  reports = str(tmp_path / "eval")
+  planted.append(plant(reports))
+  evaluate_cli.evaluate(["gtzan"], [checked_export], reports, os.path.join(small_demo, "gtzan"),
+                        repetitions=1)
+  assert all(survived(p) for p in planted), [p for p in planted if not survived(p)]
+  assert not [n for n in os.listdir(tmp_path) if ".partial-" in n or ".old-" in n]
