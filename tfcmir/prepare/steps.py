@@ -134,9 +134,9 @@ def global_steps(corpus, config, out_dir, progress=True):
                           learning_rate=config.warp_learning_rate, seed=config.seed,
                           progress=progress)
   cf = np.where(has_cf[:, None], factors.item_factors, 0.0).astype(np.float32)
-  np.savez(os.path.join(out_dir, "warp.npz"), song_ids=ids, cf=cf, has_cf=has_cf,
-           item_bias=factors.item_bias, playlist_factors=factors.user_factors,
-           playlist_bias=factors.user_bias)
+  safeio.atomic_write(os.path.join(out_dir, "warp.npz"), lambda f: np.savez(
+      f, song_ids=ids, cf=cf, has_cf=has_cf, item_bias=factors.item_bias,
+      playlist_factors=factors.user_factors, playlist_bias=factors.user_bias))
   timings["warp"] = time.time() - started
   warp_stats = {"songs_in_matrix": int(has_cf.sum()), "playlists": int(matrix.shape[1]),
                 "memberships": int(matrix.nnz)}
