@@ -249,8 +249,8 @@ def file_to_mel(path, allow_silence=False):
 
 # --- Long files in bounded memory. ----------------------------------------------------------------------
 
-MEL_CHUNK_FRAMES = 16384  # ~4 min of audio per front-end call
-STREAM_BLOCK_SECONDS = 30  # decoded per read: ~5 MB of 44.1 kHz stereo float32
+MEL_CHUNK_FRAMES = 4096  # ~65 s of audio per front-end call
+STREAM_BLOCK_SECONDS = 10  # decoded per read: ~3.5 MB of 44.1 kHz stereo float32
 
 
 def stream_audio(path, sample_rate=SAMPLE_RATE, block_seconds=STREAM_BLOCK_SECONDS,

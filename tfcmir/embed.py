@@ -144,9 +144,10 @@ def _usable_cores():
     return os.cpu_count() or 1
 
 
-# The mel is computed this many patches at a time (~4 min of audio): memory holds one chunk of audio
-# and its frames, plus the file's patches (~0.7 MB a minute), whatever the file's length.
-CHUNK_PATCHES = 64
+# The mel is computed this many patches at a time (~65 s of audio): memory holds one chunk of audio
+# and its frames (the front end's intermediates are ~40 KB a frame), plus the file's patches (~0.7 MB
+# a minute), whatever the file's length. benchmarks/long_audio.py measures it.
+CHUNK_PATCHES = 16
 FRONTEND = {}  # MelSpectrogram arguments beyond its defaults
 
 
@@ -178,7 +179,7 @@ def embed_files(paths, encoder, batch_patches=64, progress=True):
   def flush():
     if not pending:
       return
-    out = encoder(np.concatenate(pending))
+    out = encoder(pending[0] if len(pending) == 1 else np.concatenate(pending))  # a long file: no copy
     start = 0
     for row in pending_rows:
       per_patch.append(out[start:start + row["patches"]])
@@ -232,6 +233,7 @@ def write_outputs(out, rows, per_patch, per_patch_out=False, fmt="npy"):
   embeddings_manifest.json listing them; files an earlier run listed there and this one did not
   write (an old patch_embeddings.npy) are removed."""
   os.makedirs(out, exist_ok=True)
+  safeio.clean_leftovers(out)  # temporary files of a killed run
   previous = previous_outputs(out)
   means = np.stack([p.mean(0) for p in per_patch]).astype(np.float32) if per_patch else np.zeros((0, 0))
   first = np.cumsum([0] + [r["patches"] for r in rows])[:-1]
