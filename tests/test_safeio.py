@@ -143,3 +143,12 @@ def test_a_kill_at_any_moment_leaves_a_whole_folder(tmp_path):
     manifest = json.loads(open(os.path.join(out, "manifest.json")).read())
     assert safeio.sha256_file(os.path.join(out, "model.bin")) == manifest["sha256"]
     assert sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def test_replace_folder_drops_what_the_old_manifest_lists(tmp_path):
+  out, new = tmp_path / "out", tmp_path / "new"
+  (out / "essentia").mkdir(parents=True)  # the old export's, absent from the new one
+  (out / "notes.txt").write_text("mine")
+  new.mkdir()
+  safeio.replace_folder(str(new), str(out), ours={"essentia"})
+  assert sorted(os.listdir(out)) == ["notes.txt"]

@@ -225,11 +225,21 @@ def export(checkpoint, out, version=1, overwrite=False, name=None, flags_used=No
                          for d, _, files in os.walk(partial) for f in sorted(files)}
     safeio.write_json(os.path.join(partial, MANIFEST), manifest)
     # The old export stays whole until the new one, complete, takes its place.
-    safeio.replace_folder(partial, out)
+    safeio.replace_folder(partial, out, _exported_names(out))
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)  # never leave half an export behind
     raise
   return manifest
+
+
+def _exported_names(out):
+  """The top-level names an earlier export wrote into `out` (from its manifest): not carried over."""
+  path = os.path.join(out, MANIFEST)
+  try:
+    files = safeio.read_json(path).get("files", {})
+  except (OSError, ValueError, AttributeError):
+    return {MANIFEST}
+  return {name.split("/")[0] for name in files} | {MANIFEST}
 
 
 def _write_all(model, run, weights, out, name, version, genre_vocab, essentia):

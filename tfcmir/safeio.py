@@ -189,12 +189,13 @@ def _exchange(a, b):
   return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
-def replace_folder(partial, out):
+def replace_folder(partial, out, ours=()):
   """Moves the complete folder `partial` to `out`, replacing ours there without a moment when no
   whole copy exists.
 
-  Top-level entries of the old folder that the new one lacks (files tfcmir did not write there) are
-  copied into the new one first, so they survive. Then the two are swapped (one atomic rename-exchange
+  Top-level entries of the old folder that the new one lacks and that are not named in `ours` (what
+  the old folder's manifest says tfcmir wrote) are files of others: they are copied into the new one
+  first, so they survive. Then the two are swapped (one atomic rename-exchange
   on Linux; elsewhere the old is renamed to OUT.old-PID and the new one in, and clean_leftovers puts
   the old back if a kill falls between the two) and the old one is removed.
   """
@@ -204,7 +205,7 @@ def replace_folder(partial, out):
     return
   for name in os.listdir(out):
     source, target = os.path.join(out, name), os.path.join(partial, name)
-    if not os.path.lexists(target) and _leftover(out, name) is None:
+    if name not in ours and not os.path.lexists(target) and _leftover(out, name) is None:
       if os.path.isdir(source) and not os.path.islink(source):
         shutil.copytree(source, target, symlinks=True)
       else:
