@@ -45,6 +45,7 @@ GTZAN_SPLIT = {"train": 443, "valid": 197, "test": 290}
 JAMENDO_CATEGORIES = ("genre", "instrument", "moodtheme")
 JAMENDO_SPLITS = 5
 MANIFEST = "demo_manifest.json"
+DATASET_NAMES = ("melon", "gtzan", "mtg-jamendo", "truth", MANIFEST)  # what generate writes into --out
 FORMAT_VERSION = 1
 
 
@@ -385,7 +386,8 @@ def generate(out, config=DemoConfig(), workers=2, overwrite=False):
               "seconds": round(time.time() - started, 1), "workers": workers,
               "written_by": safeio.WRITTEN_BY}
   _write_json(os.path.join(partial, MANIFEST), manifest)
-  safeio.replace_folder(partial, out)  # files of others in `out` are carried over
+  # Files of others in `out` are carried over; every name the demo writes is replaced.
+  safeio.replace_folder(partial, out, DATASET_NAMES)
   return manifest
 
 
