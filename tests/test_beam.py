@@ -352,3 +352,11 @@ def test_setup_keeps_beam_out_of_the_base_install(monkeypatch):
     return any(r.startswith("apache-beam") for r in requirements)
   assert not beam_in(captured["install_requires"])
   assert beam_in(captured["extras_require"]["beam"]) and beam_in(captured["extras_require"]["test"])
+
+
+def test_beam_embed_with_no_readable_input_fails(tiny_export, tmp_path):
+  broken = tmp_path / "broken.wav"
+  broken.write_bytes(b"RIFF not audio")
+  with pytest.raises(InputError, match=f"none of the 1 input files could be read \\(e.g. {broken}"):
+    beam_embed.run([str(broken)], tiny_export, str(tmp_path / "out"),
+                   options.pipeline_options("DirectRunner", []))

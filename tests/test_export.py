@@ -219,3 +219,18 @@ def test_baselines_export_without_a_genre_tower(small_prepared, tmp_path):
   assert exported["signatures"] == ["from_waveform", "serving_default"]
   loaded = tf.saved_model.load(str(tmp_path / "bline" / "saved_model" / "1"))
   assert set(loaded.signatures) == {"serving_default", "from_waveform"}
+
+
+def test_a_changed_tflite_byte_is_named_at_load(exported, tmp_path):
+  """Four changed bytes in the mel TFLite used to give all -inf embeddings with exit code 0."""
+  import shutil
+  _, out, _ = exported
+  copy = str(tmp_path / "export")
+  shutil.copytree(out, copy)
+  path = os.path.join(copy, "tflite", "audio_mel_float32.tflite")
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    f.write(b"\xff\xff\xff\x7f")
+  with pytest.raises(InputError, match=f"^{path}: damaged"):
+    embed.Encoder(copy, "tflite")
+  embed.Encoder(copy, "saved_model")  # the other artifact is intact and loads

@@ -56,3 +56,16 @@ def test_unknown_flag_inside_a_flagfile_is_rejected(tmp_path):
   result = run_module("tfcmir.demo", f"--flagfile={path}")
   assert result.returncode != 0
   assert "no_such_flag" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--learning_rate=nan"], "--learning_rate must be a finite number"),
+    (["--warp_learning_rate=inf"], "--warp_learning_rate must be a finite number"),
+    (["--temperature=nan"], "--temperature must be a finite number"),
+    (["--learning_rate=0"], "--learning_rate must be > 0"),
+    (["--warp_learning_rate=0"], "--warp_learning_rate must be > 0"),
+])
+def test_nan_inf_and_non_positive_learning_rates_are_rejected_when_parsed(args, message):
+  values = copy.deepcopy(flags.FLAGS)
+  with pytest.raises(flags.IllegalFlagValueError, match=message):
+    values(["prog", *args])

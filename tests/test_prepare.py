@@ -1,5 +1,6 @@
 """Data preparation: Melon reader, stratified split, genre Word2Vec, shards, manifest, reader."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -279,6 +280,7 @@ def test_unknown_genres_and_playlist_songs_are_counted_and_named(tmp_path):
   problems = Problems()
   corpus = melon.read_melon(root, problems=problems)
   assert problems.counts["unknown_genre"] == 1 and "song 3" in problems.examples["unknown_genre"][0]
+  assert problems.examples["unknown_genre"][0].endswith("dropped (song kept)")
   assert "GN9999" not in corpus.songs[3].genres
   assert problems.counts["unknown_playlist_song"] == 1
   assert "train.json: playlist 0" in problems.examples["unknown_playlist_song"][0]
@@ -290,6 +292,9 @@ def test_unknown_genres_and_playlist_songs_are_counted_and_named(tmp_path):
     ("shape", "mel has shape (40, 300), expected (48, frames)"),
     ("nan", "NaN or Inf"),
     ("garbage", "cannot read the mel file"),
+    ("empty", "cannot read the mel file"),  # a zero-byte .npy among the songs that size the shards
+    ("one_d", "mel has shape (14400,), expected (48, frames)"),  # flattened
+    ("huge", "beyond float16's"),  # -1e5 would be -inf in a float16 shard
 ])
 def test_bad_mel_files_are_named_counted_and_skipped(tmp_path, defect, message):
   root = str(tmp_path / "melon")
@@ -297,13 +302,20 @@ def test_bad_mel_files_are_named_counted_and_skipped(tmp_path, defect, message):
   path = mel_file(root, 7)
   if defect == "shape":
     np.save(path, np.zeros((40, 300), np.float32))
-  elif defect == "nan":
+  elif defect in ("nan", "huge"):
     mel = np.load(path)
-    mel[5, 5] = np.nan
+    mel[5, 5] = np.nan if defect == "nan" else -1e5
     np.save(path, mel)
+  elif defect == "empty":
+    open(path, "wb").close()
+  elif defect == "one_d":
+    np.save(path, np.zeros(48 * 300, np.float32))
   else:
     open(path, "wb").write(b"not numpy")
   corpus = melon.read_melon(root)
+  # Only well-formed mels size the shards (a 1-D one used to make one-song shards).
+  assert steps.songs_per_shard(corpus, FAST) == steps.songs_per_shard(
+      dataclasses.replace(corpus, songs=[s for s in corpus.songs if s.song_id != 7]), FAST)
   out = str(tmp_path / "tfr")
   manifest = steps.prepare(corpus, out, FAST, workers=1, progress=False)
   assert manifest["problems"]["counts"]["bad_mel"] == 1

@@ -240,5 +240,120 @@ def mel_spectrogram(waveforms):
 
 
 def file_to_mel(path, allow_silence=False):
-  """Decodes, resamples and computes the mel of one file: float32 (frames, 48) in dB."""
-  return mel_spectrogram(load_audio(path, allow_silence=allow_silence))
+  """Decodes, resamples and computes the mel of one file: float32 (frames, 48) in dB.
+
+  In chunks (mel_chunks): memory holds the mel and one chunk of audio, not the decoded file.
+  """
+  return np.concatenate(list(mel_chunks(path, MEL_CHUNK_FRAMES, allow_silence=allow_silence)))
+
+
+# --- Long files in bounded memory. ----------------------------------------------------------------------
+
+MEL_CHUNK_FRAMES = 4096  # ~65 s of audio per front-end call
+STREAM_BLOCK_SECONDS = 10  # decoded per read: ~3.5 MB of 44.1 kHz stereo float32
+
+
+def stream_audio(path, sample_rate=SAMPLE_RATE, block_seconds=STREAM_BLOCK_SECONDS,
+                 allow_silence=False):
+  """load_audio one block at a time: yields float32 mono blocks at `sample_rate`, in order.
+
+  Their concatenation equals load_audio(path) (the same mix; soxr's streaming resampler gives the
+  one-shot result), but memory holds one block, not the file: a one-hour 44.1 kHz stereo file
+  decodes to 1.3 GB at once. The checks are load_audio's; silence can only be judged at the end, so
+  that AudioError comes after the blocks.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise AudioError(path, "file not found")
+  if os.path.isdir(path):
+    raise AudioError(path, "is a directory, not an audio file")
+  try:
+    source = sf.SoundFile(path)
+  except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+    raise AudioError(path, f"cannot be decoded as audio ({err})") from err
+  with source:
+    native_rate = source.samplerate
+    resampler = (soxr.ResampleStream(native_rate, sample_rate, 1, dtype="float32", quality="HQ")
+                 if native_rate != sample_rate else None)
+    peak, samples = 0.0, 0
+    block = max(1, int(block_seconds * native_rate))
+    while True:
+      try:
+        data = source.read(block, dtype="float32", always_2d=True)
+      except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError(path, f"cannot be decoded as audio ({err})") from err
+      last = len(data) < block
+      if 1 < data.shape[1] < 8:  # load_audio's channel sum, for the same float32 values
+        mono = data[:, 0].copy()
+        for channel in range(1, data.shape[1]):
+          mono += data[:, channel]
+        mono /= np.float32(data.shape[1])
+      else:
+        mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+      samples += len(mono)
+      if len(mono) and not np.all(np.isfinite(mono)):
+        raise AudioError(path, f"contains {int(np.sum(~np.isfinite(mono)))} non-finite samples "
+                         "(NaN or Inf)")
+      if resampler is not None:
+        mono = resampler.resample_chunk(np.ascontiguousarray(mono), last=last)
+      if len(mono):
+        peak = max(peak, float(np.max(np.abs(mono))))
+        yield np.ascontiguousarray(mono, dtype=np.float32)
+      if last:
+        break
+  if samples == 0:
+    raise AudioError(path, "contains no audio samples (empty file)")
+  if not allow_silence and peak < SILENCE_PEAK:
+    raise AudioError(path, f"is silent (peak amplitude {peak:.3g}, below -90 dBFS)")
+
+
+_MEL_FUNCTIONS = {}
+
+
+def _mel_function(frontend):
+  """A MelSpectrogram(**frontend) traced once for 1-D waveforms of any length (one per front end)."""
+  key = tuple(sorted(frontend.items()))
+  if key not in _MEL_FUNCTIONS:
+    layer = MelSpectrogram(**frontend)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def mel(samples):
+      return layer(samples[None])[0]
+
+    _MEL_FUNCTIONS[key] = layer, mel
+  return _MEL_FUNCTIONS[key]
+
+
+def mel_chunks(path, chunk_frames, allow_silence=False, stats=None, **frontend):
+  """One file's mel, `chunk_frames` frames at a time: yields float32 (frames, bands) arrays whose
+  concatenation is the whole-file mel (MelSpectrogram(**frontend) on load_audio(path)).
+
+  Each chunk is computed from the samples its frames cover plus the frames' context on either
+  side, so chunks equal the slices of the whole-file mel; the last one holds what remains (up to
+  chunk_frames + frame_size / hop_size frames). Memory: one chunk of samples and frames.
+  `frontend` goes to MelSpectrogram unchanged; `stats`, a dict, receives the file's 'samples' and
+  'sample_rate' once it is read.
+  """
+  layer, mel = _mel_function(frontend)
+  hop, half = layer.hop_size, layer.frame_size // 2
+  context = -(-half // hop)  # frames before a chunk whose windows reach into it
+  buffer, start, first = np.zeros(0, np.float32), 0, 0  # buffer holds samples from `start` on
+  for block in stream_audio(path, layer.sample_rate, allow_silence=allow_silence):
+    buffer = np.concatenate([buffer, block])
+    # Frames first .. first + chunk_frames - 1 need samples up to (last frame) * hop + half.
+    while start + len(buffer) >= (first + chunk_frames - 1) * hop + half:
+      skip = min(first, context)  # frames computed for their context only, then dropped
+      begin = (first - skip) * hop
+      end = (first + chunk_frames - 1) * hop + half
+      frames = mel(tf.constant(buffer[begin - start:end - start])).numpy()
+      yield frames[skip:skip + chunk_frames]
+      first += chunk_frames
+      keep_from = (first - min(first, context)) * hop
+      buffer, start = buffer[keep_from - start:], keep_from
+  if stats is not None:
+    stats.update(samples=start + len(buffer), sample_rate=layer.sample_rate)
+  skip = min(first, context)
+  total = num_frames(start + len(buffer), layer.frame_size, hop)  # the whole file's frame count
+  if total > first:
+    frames = mel(tf.constant(buffer[(first - skip) * hop - start:])).numpy()
+    yield frames[skip:skip + total - first]

@@ -17,7 +17,6 @@ path, patches, first_patch, padded); with --per_patch, patch_embeddings.npy (all
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 
@@ -25,7 +24,7 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from tfcmir import audio
+from tfcmir import audio, safeio
 from tfcmir import flags as tfcmir_flags
 from tfcmir.data.corpus import InputError
 
@@ -36,6 +35,7 @@ TFLITE_FILES = {"tflite": "audio_mel_float32.tflite", "tflite_quantized": "audio
 # patches has a 400 MB first activation, so it streams from memory; a few patches stay in cache.
 SAVED_MODEL_CHUNK = 16
 TFLITE_CHUNK = 4
+MANIFEST = "embeddings_manifest.json"  # what an embed run wrote into --out (Beam's too)
 
 
 def find_audio(paths):
@@ -63,12 +63,9 @@ class Encoder:
   """
 
   def __init__(self, export_dir, artifact="saved_model", threads=None):
-    manifest_path = os.path.join(export_dir, "export_manifest.json")
-    if not os.path.exists(manifest_path):
-      raise InputError(f"{export_dir}: not an export (no export_manifest.json); run tfcmir.export")
-    with open(manifest_path, encoding="utf-8") as f:
-      self.manifest = json.load(f)
+    self.manifest = read_export_manifest(export_dir)
     self.artifact = artifact
+    verify_export(export_dir, self.manifest, artifact)
     if artifact == "saved_model":
       import tensorflow as tf
       path = os.path.join(export_dir, "saved_model", str(self.manifest["version"]))
@@ -97,6 +94,49 @@ class Encoder:
                            for i in range(0, len(patches), self._chunk)])
 
 
+def read_export_manifest(export_dir):
+  """An export's export_manifest.json (a dict); InputError if it is missing or damaged."""
+  path = os.path.join(export_dir, "export_manifest.json")
+  if not os.path.exists(path):
+    raise InputError(f"{export_dir}: not an export (no export_manifest.json); run tfcmir.export")
+  try:
+    manifest = safeio.read_json(path)
+  except (OSError, UnicodeDecodeError, ValueError) as err:
+    raise InputError(f"{path}: damaged, not the JSON tfcmir.export writes ({err}); export again") from err
+  if not isinstance(manifest, dict) or "version" not in manifest:
+    raise InputError(f"{path}: damaged, no export version in it; export again")
+  return manifest
+
+
+def artifact_files(manifest, artifact):
+  """The manifest's paths (relative to the export) of the files `artifact` loads."""
+  if artifact in TFLITE_FILES:
+    return [f"tflite/{TFLITE_FILES[artifact]}"]
+  prefix = f"saved_model/{manifest['version']}/"
+  return [p for p in manifest.get("files", {}) if p.startswith(prefix)]
+
+
+def verify_export(export_dir, manifest, artifact):
+  """Checks the sha256 the manifest records for every file `artifact` loads (a few MB: ~10 ms).
+
+  A changed byte in a model file gives wrong embeddings, not an error (a 4-byte change in the mel
+  TFLite gives all -inf), so nothing is loaded unchecked. Exports without checksums (hand-made
+  ones) are loaded as they are.
+  """
+  checksums = manifest.get("files")
+  if not checksums:
+    return
+  for relative in artifact_files(manifest, artifact):
+    path = os.path.join(export_dir, *relative.split("/"))
+    if relative not in checksums:
+      continue  # a TFLite model this export did not ship: reported by the loader
+    if not os.path.exists(path):
+      raise InputError(f"{path}: missing from the export; export again")
+    if safeio.sha256_file(path) != checksums[relative]:
+      raise InputError(f"{path}: damaged (its sha256 differs from export_manifest.json's); "
+                       "export again")
+
+
 def _usable_cores():
   try:
     return len(os.sched_getaffinity(0))
@@ -104,35 +144,31 @@ def _usable_cores():
     return os.cpu_count() or 1
 
 
-_MEL_PATCHES = None
-
-
-def _mel_patches(waveform):
-  """(samples,) 16 kHz waveform -> ((patches, 256, 48) mel patches, mel frames), as one graph.
-
-  The front end run eagerly costs ~6x more than the same ops traced once (one kernel launch per op
-  and file); the fixed input signature means files of any length share the one trace.
-  """
-  global _MEL_PATCHES
-  if _MEL_PATCHES is None:
-    import tensorflow as tf
-    layer = audio.MelSpectrogram()
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
-    def mel_patches(samples):
-      mel = layer(samples[None])
-      return audio.split_patches(mel, PATCH_FRAMES)[0], tf.shape(mel)[1]
-
-    _MEL_PATCHES = mel_patches
-  patches, frames = _MEL_PATCHES(waveform)
-  return patches.numpy(), int(frames)
+# The mel is computed this many patches at a time (~65 s of audio): memory holds one chunk of audio
+# and its frames (the front end's intermediates are ~40 KB a frame), plus the file's patches (~0.7 MB
+# a minute), whatever the file's length. benchmarks/long_audio.py measures it.
+CHUNK_PATCHES = 16
+FRONTEND = {}  # MelSpectrogram arguments beyond its defaults
 
 
 def file_patches(path):
-  """One file -> ((patches, 256, 48) mel patches, padded: bool, seconds of audio)."""
-  waveform = audio.load_audio(path)
-  patches, frames = _mel_patches(waveform)
-  return patches, frames < PATCH_FRAMES, len(waveform) / audio.SAMPLE_RATE
+  """One file -> ((patches, 256, 48) mel patches, padded: bool, seconds of audio).
+
+  Consecutive 256-frame patches of the whole-file mel, the incomplete tail dropped; a file shorter
+  than one patch is padded with silence to one patch (audio.split_patches).
+  """
+  stats, parts, tail = {}, [], None
+  for mel in audio.mel_chunks(path, CHUNK_PATCHES * PATCH_FRAMES, stats=stats, **FRONTEND):
+    if tail is not None and len(tail):
+      mel = np.concatenate([tail, mel])
+    whole = len(mel) // PATCH_FRAMES * PATCH_FRAMES
+    if whole:
+      parts.append(mel[:whole].reshape(-1, PATCH_FRAMES, mel.shape[1]))
+    tail = mel[whole:]
+  padded = not parts
+  patches = (np.asarray(audio.split_patches(tail[None], PATCH_FRAMES))[0] if padded
+             else np.concatenate(parts))
+  return patches.astype(np.float32, copy=False), padded, stats["samples"] / stats["sample_rate"]
 
 
 def embed_files(paths, encoder, batch_patches=64, progress=True):
@@ -143,7 +179,7 @@ def embed_files(paths, encoder, batch_patches=64, progress=True):
   def flush():
     if not pending:
       return
-    out = encoder(np.concatenate(pending))
+    out = encoder(pending[0] if len(pending) == 1 else np.concatenate(pending))  # a long file: no copy
     start = 0
     for row in pending_rows:
       per_patch.append(out[start:start + row["patches"]])
@@ -167,9 +203,38 @@ def embed_files(paths, encoder, batch_patches=64, progress=True):
   return rows, per_patch, skipped
 
 
+def check_some_read(paths, skipped):
+  """InputError when not one input could be read: an empty result is no success."""
+  if paths and len(skipped) >= len(paths):
+    path, reason = skipped[0]
+    raise InputError(f"none of the {len(paths)} input files could be read (e.g. {path}: {reason})")
+
+
+def previous_outputs(out):
+  """The files an earlier embed (local or Beam) listed in out's embeddings manifest: ours to remove."""
+  path = os.path.join(out, MANIFEST)
+  try:
+    manifest = safeio.read_json(path)
+    files = list(manifest.get("files", []))
+  except (OSError, ValueError, AttributeError, TypeError):
+    return []
+  if manifest.get("format") != "local":
+    files.append("skipped.csv")  # a Beam run's, not in its list of shards
+  return [f for f in files if isinstance(f, str) and os.path.basename(f) == f]
+
+
+def remove_stale(out, previous, written):
+  """Removes what an earlier run wrote into `out` and this one did not (never files of others)."""
+  safeio.remove_ours(out, sorted(set(previous) - set(written)))
+
+
 def write_outputs(out, rows, per_patch, per_patch_out=False, fmt="npy"):
-  """Writes the arrays and the index, each under a temporary name renamed when complete."""
+  """Writes the arrays and the index, each under a temporary name renamed when complete, and
+  embeddings_manifest.json listing them; files an earlier run listed there and this one did not
+  write (an old patch_embeddings.npy) are removed."""
   os.makedirs(out, exist_ok=True)
+  safeio.clean_leftovers(out)  # temporary files of a killed run
+  previous = previous_outputs(out)
   means = np.stack([p.mean(0) for p in per_patch]).astype(np.float32) if per_patch else np.zeros((0, 0))
   first = np.cumsum([0] + [r["patches"] for r in rows])[:-1]
   arrays = {"embeddings": means}
@@ -180,6 +245,7 @@ def write_outputs(out, rows, per_patch, per_patch_out=False, fmt="npy"):
     arrays.update(paths=np.array([r["path"] for r in rows]), patches=np.array([r["patches"] for r in rows]),
                   first_patch=first, padded=np.array([r["padded"] for r in rows]))
     _atomic(os.path.join(out, "embeddings.npz"), lambda f: np.savez(f, **arrays))
+    _finish(out, previous, ["embeddings.npz"])
     return
   for name, array in arrays.items():
     _atomic(os.path.join(out, f"{name}.npy"), lambda f, a=array: np.save(f, a))
@@ -191,13 +257,17 @@ def write_outputs(out, rows, per_patch, per_patch_out=False, fmt="npy"):
       writer.writerow([i, row["path"], row["patches"], int(start), int(row["padded"]),
                        f"{row['seconds']:.2f}"])
   _atomic(os.path.join(out, "index.csv"), write_index, text=True)
+  _finish(out, previous, [f"{name}.npy" for name in arrays] + ["index.csv"])
+
+
+def _finish(out, previous, written):
+  remove_stale(out, previous, written)
+  safeio.write_json(os.path.join(out, MANIFEST), {"written_by": safeio.WRITTEN_BY, "format": "local",
+                                                  "files": written})
 
 
 def _atomic(path, write, text=False):
-  temporary = path + ".partial"
-  with open(temporary, "w" if text else "wb", newline="" if text else None) as f:
-    write(f)
-  os.replace(temporary, path)
+  safeio.atomic_write(path, write, text)
 
 
 def main(argv):
@@ -221,6 +291,7 @@ def main(argv):
   started = time.time()
   encoder = Encoder(FLAGS.embed_model, FLAGS.artifact)
   rows, per_patch, skipped = embed_files(paths, encoder, FLAGS.embed_batch)
+  check_some_read(paths, skipped)
   write_outputs(FLAGS.out, rows, per_patch, FLAGS.per_patch, FLAGS.embed_format)
   elapsed = time.time() - started
   audio_seconds = sum(r["seconds"] for r in rows)

@@ -31,14 +31,15 @@ import tensorflow as tf
 from absl import flags, logging
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from tfcmir import __version__, audio
+from tfcmir import __version__, audio, safeio
 from tfcmir import flags as tfcmir_flags
 from tfcmir.data.corpus import InputError
 from tfcmir.model import contrastive
-from tfcmir.prepare.shards import sha256_file
+from tfcmir.safeio import sha256_file
 
 FLAGS = flags.FLAGS
 PATCH_FRAMES = 256
+MANIFEST = "export_manifest.json"
 MIN_QUANTIZED_COSINE = 0.99  # a quantised model whose embeddings drift further is not shipped
 
 
@@ -212,25 +213,33 @@ def export(checkpoint, out, version=1, overwrite=False, name=None, flags_used=No
   """Writes every artifact to `out` (atomically); returns the export manifest (a dict)."""
   model, run, weights = load_trained(checkpoint)
   name = name or os.path.basename(os.path.normpath(out))
-  if os.path.exists(out) and not overwrite:
+  safeio.check_ours(out, (MANIFEST,), "export (--out)")
+  if os.path.isdir(out) and os.listdir(out) and not overwrite:
     raise InputError(f"{out}: already exists; use --overwrite to replace it")
-  partial = f"{os.path.normpath(out)}.partial-{os.getpid()}"
-  shutil.rmtree(partial, ignore_errors=True)
-  os.makedirs(partial)
+  partial = safeio.partial_folder(out)  # also removes what killed runs left
   try:
     manifest = _write_all(model, run, weights, partial, name, version, genre_vocab, essentia)
     manifest["flags"] = flags_used or {}
+    manifest["written_by"] = safeio.WRITTEN_BY
     manifest["files"] = {os.path.relpath(os.path.join(d, f), partial): sha256_file(os.path.join(d, f))
                          for d, _, files in os.walk(partial) for f in sorted(files)}
-    with open(os.path.join(partial, "export_manifest.json"), "w", encoding="utf-8") as f:
-      json.dump(manifest, f, indent=1)
-    if os.path.exists(out):
-      shutil.rmtree(out)
-    os.replace(partial, out)
+    safeio.write_json(os.path.join(partial, MANIFEST), manifest)
+    # The old export stays whole until the new one, complete, takes its place.
+    safeio.replace_folder(partial, out, _exported_names(out))
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)  # never leave half an export behind
     raise
   return manifest
+
+
+def _exported_names(out):
+  """The top-level names an earlier export wrote into `out` (from its manifest): not carried over."""
+  path = os.path.join(out, MANIFEST)
+  try:
+    files = safeio.read_json(path).get("files", {})
+  except (OSError, ValueError, AttributeError):
+    return {MANIFEST}
+  return {name.split("/")[0] for name in files} | {MANIFEST}
 
 
 def _write_all(model, run, weights, out, name, version, genre_vocab, essentia):

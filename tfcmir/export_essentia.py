@@ -32,14 +32,13 @@ import copy
 import datetime
 import json
 import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import op_def_registry
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from tfcmir import audio
+from tfcmir import audio, safeio
 
 INPUT_NODE = "mel"
 EMBEDDINGS_NODE = "embeddings"
@@ -308,17 +307,5 @@ def _strip_default_attrs(graph_def):
 
 
 def _atomic_write(path, data):
-  """Writes bytes to `path` through a temporary file in the same directory and os.replace."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a model file is meant to be shared.
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Writes bytes to `path` atomically, readable by all: a model file is meant to be shared."""
+  safeio.write_bytes(path, data)

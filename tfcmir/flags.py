@@ -9,6 +9,7 @@ Sources of the defaults: the paper (Ferraro et al., IEEE SPL 2021, sections 2-3)
 says otherwise; ../shared/REFERENCE.md section 1 gathers them.
 """
 
+import math
 import sys
 
 from absl import flags
@@ -186,6 +187,14 @@ flags.register_validator("frame_size", lambda v: v % 2 == 0, "--frame_size must 
 flags.register_multi_flags_validator(
     ["hop_size", "frame_size"], lambda f: f["hop_size"] <= f["frame_size"],
     "--hop_size must not exceed --frame_size")
+# absl's bounds let NaN through (every comparison with NaN is false), and a NaN learning rate only
+# shows up epochs later as a non-finite loss blamed on the data.
+for _flag in FLAGS.get_key_flags_for_module(__name__):
+  if isinstance(_flag.parser, flags.FloatParser):
+    flags.register_validator(_flag.name, lambda v: v is None or math.isfinite(v),
+                             f"--{_flag.name} must be a finite number (not nan or inf)")
+for _name in ("learning_rate", "warp_learning_rate"):
+  flags.register_validator(_name, lambda v: v is None or v > 0, f"--{_name} must be > 0")
 
 
 def resolved():

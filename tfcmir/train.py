@@ -32,6 +32,7 @@ from absl import flags, logging
 from tensorflow.core.framework import summary_pb2
 
 from tfcmir import flags as tfcmir_flags
+from tfcmir import safeio
 from tfcmir.data import pipeline
 from tfcmir.data.corpus import InputError
 from tfcmir.model import contrastive, probe
@@ -126,19 +127,12 @@ def set_precision(mixed):
 
 
 def _write_atomic(path, write):
-  # ".partial" goes before the extension: Keras insists on the ".weights.h5" suffix.
-  suffix = ".weights.h5"
-  stem, ext = (path[:-len(suffix)], suffix) if path.endswith(suffix) else os.path.splitext(path)
-  temporary = f"{stem}.partial{ext}"
-  write(temporary)
-  os.replace(temporary, path)
+  with safeio.atomic_path(path) as temporary:  # keeps the ".weights.h5" suffix Keras insists on
+    write(temporary)
 
 
 def _save_json(path, obj):
-  def write(temporary):
-    with open(temporary, "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=1)
-  _write_atomic(path, write)
+  safeio.write_json(path, obj)
 
 
 class Checkpoints(keras.callbacks.Callback):
@@ -221,7 +215,25 @@ def make_checkpoint(model, optimizer):
   return tf.train.Checkpoint(**parts)
 
 
+# What a run writes into --model_dir (workers other than the chief: a hidden scratch folder each);
+# --overwrite removes these and nothing else.
+RUN_FILES = ("config.json", "history.json", "best.weights.h5", "checkpoints", "logs")
+_SCRATCH = re.compile(r"^\.(worker|chief|ps|evaluator)-\d+$")
+
+
+def _corrupt_shard(tfrecord_dir, err):
+  """A DataLossError met mid-epoch (which names no shard) -> one InputError naming the shard."""
+  bad = pipeline.find_corrupt_shards(tfrecord_dir)
+  if bad:
+    return InputError(f"{bad[0]}; training stopped (--verify_shards=records checks every shard "
+                      "before training)")
+  first = err.message.strip().splitlines()[0] if err.message.strip() else type(err).__name__
+  return InputError(f"{tfrecord_dir}: a shard could not be read during training ({first})")
+
+
 def _check_run(model_dir, config, overwrite):
+  safeio.check_ours(model_dir, ("config.json",), "training run (--model_dir)")
+  safeio.clean_leftovers(model_dir)
   path = os.path.join(model_dir, "config.json")
   if os.path.exists(path) and not overwrite:
     with open(path, encoding="utf-8") as f:
@@ -230,15 +242,15 @@ def _check_run(model_dir, config, overwrite):
       raise InputError(f"{model_dir}: holds a run of another model or data; use --overwrite to "
                        "replace it, or another --model_dir")
   elif overwrite and os.path.isdir(model_dir):
-    shutil.rmtree(model_dir)
+    safeio.remove_ours(model_dir, RUN_FILES + tuple(n for n in os.listdir(model_dir) if _SCRATCH.match(n)))
   os.makedirs(model_dir, exist_ok=True)
-  _save_json(path, config)
+  _save_json(path, dict(config, written_by=safeio.WRITTEN_BY))
 
 
 def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_rate, weight_decay,
           seed=0, steps_per_epoch=0, early_stopping=0, checkpoint_steps=0, keep_checkpoints=3,
           shuffle_buffer=2048, jit_compile=False, mixed_precision=False, overwrite=False,
-          flags_used=None, verbose="auto", worker_timeout_s=0):
+          flags_used=None, verbose="auto", worker_timeout_s=0, verify_shards="size"):
   """Trains; returns a summary dict. Flag-free: tests and other entry points call it directly.
 
   Under a multi-worker TF_CONFIG every worker runs this with the same arguments; `batch_size` is the
@@ -279,7 +291,7 @@ def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_ra
       lambda context: pipeline.dataset(
           tfrecord_dir, "train", context.get_per_replica_batch_size(batch_size), training=True,
           seed=seed, shuffle_buffer=shuffle_buffer, repeat=True, only_with_cf=with_cf,
-          input_context=context))
+          input_context=context, verify=verify_shards))
   val_steps = n_val // val_batch if val_batch else 0
   val_ds = None
   if val_steps:
@@ -288,12 +300,15 @@ def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_ra
         lambda context: pipeline.dataset(
             tfrecord_dir, "val", context.get_per_replica_batch_size(val_batch), training=False,
             drop_remainder=True, only_with_cf=with_cf, input_context=context,
-            take_batches=val_steps))
+            take_batches=val_steps, verify=verify_shards))
   table = genres_lib.GenreVectors.load(tfrecord_dir).table
   with strategy.scope():
     model = contrastive.build_model(model_config, table)
-    model.build_from_batch(next(iter(pipeline.dataset(tfrecord_dir, "train", 2, training=False,
-                                                      verify="none"))))
+    try:
+      model.build_from_batch(next(iter(pipeline.dataset(tfrecord_dir, "train", 2, training=False,
+                                                        verify="none"))))
+    except tf.errors.DataLossError as err:
+      raise _corrupt_shard(tfrecord_dir, err) from err
     optimizer = keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None)
     model.compile(optimizer=optimizer, jit_compile=jit_compile)
     optimizer.build(model.trainable_variables)
@@ -327,6 +342,8 @@ def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_ra
       model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
                 steps_per_epoch=steps, validation_steps=val_steps or None, callbacks=callbacks,
                 shuffle=False, verbose=verbose if cluster.is_chief else 0)
+    except tf.errors.DataLossError as err:
+      raise _corrupt_shard(tfrecord_dir, err) from err
     except NonFiniteLoss as err:
       raise InputError(f"{err}; training stopped. The last good checkpoint is kept: "
                        f"{manager.latest_checkpoint or 'none yet'} (lower --learning_rate, or check "
@@ -375,7 +392,8 @@ def run():
                   FLAGS.learning_rate, FLAGS.weight_decay, FLAGS.seed, FLAGS.steps_per_epoch,
                   FLAGS.early_stopping, FLAGS.checkpoint_steps, FLAGS.keep_checkpoints,
                   FLAGS.shuffle_buffer, FLAGS.jit_compile, FLAGS.mixed_precision, FLAGS.overwrite,
-                  tfcmir_flags.resolved(), worker_timeout_s=FLAGS.worker_timeout_s)
+                  tfcmir_flags.resolved(), worker_timeout_s=FLAGS.worker_timeout_s,
+                  verify_shards=FLAGS.verify_shards)
   if not summary["chief"]:
     return summary, None  # the chief reports for the cluster
   return summary, probe.held_out_genre_probe(summary["model"], config, tfrecord_dir, seed=FLAGS.seed)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import re
 import shutil
@@ -26,6 +25,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from tfcmir import embed as embed_lib
+from tfcmir import safeio
 from tfcmir.beam import options as options_lib
 from tfcmir.beam import outputs
 from tfcmir.data.corpus import InputError
@@ -111,11 +111,8 @@ def build(pipeline, paths, export_dir, out, work_dir, artifact="saved_model", ba
 
 def _check_export(export_dir, artifact):
   """The export's manifest, checked here so a bad --embed_model fails before any worker starts."""
-  path = os.path.join(export_dir, "export_manifest.json")
-  if not os.path.exists(path):
-    raise InputError(f"{export_dir}: not an export (no export_manifest.json); run tfcmir.export")
-  with open(path, encoding="utf-8") as f:
-    manifest = json.load(f)
+  manifest = embed_lib.read_export_manifest(export_dir)
+  embed_lib.verify_export(export_dir, manifest, artifact)  # again in each worker, as it loads
   if artifact in embed_lib.TFLITE_FILES:
     model = os.path.join(export_dir, "tflite", embed_lib.TFLITE_FILES[artifact])
     if not os.path.exists(model):
@@ -134,6 +131,7 @@ def run(paths, export_dir, out, pipeline_options, artifact="saved_model", batch_
       raise InputError("--beam_output=parquet needs pyarrow: pip install pyarrow") from err
   os.makedirs(out, exist_ok=True)
   manifest_path = os.path.join(out, outputs.MANIFEST)
+  previous = embed_lib.previous_outputs(out)
   if os.path.exists(manifest_path):
     os.remove(manifest_path)  # from now on the folder holds no complete result until this run's
   work_dir = os.path.join(out, WORK_DIR)
@@ -149,11 +147,13 @@ def run(paths, export_dir, out, pipeline_options, artifact="saved_model", batch_
   os.replace(os.path.join(work_dir, "skipped.csv"), os.path.join(out, outputs.SKIPPED))
   shutil.rmtree(work_dir)
   _remove_stale_shards(out, files)
+  embed_lib.remove_stale(out, previous, files + [outputs.SKIPPED])
   with open(os.path.join(out, outputs.SKIPPED), encoding="utf-8", newline="") as f:
     skipped = [(r["path"], r["reason"]) for r in csv.DictReader(f)]
+  embed_lib.check_some_read(paths, skipped)
   counts = {name: options_lib.counter(result, name)
             for name in ("files", "patches", "padded", "audio_ms")}
-  manifest = {"format": fmt, "files": files, "embedded": counts["files"],
+  manifest = {"written_by": safeio.WRITTEN_BY, "format": fmt, "files": files, "embedded": counts["files"],
               "patches": counts["patches"], "padded": counts["padded"],
               "audio_seconds": counts["audio_ms"] / 1000 if counts["audio_ms"] is not None else None,
               "skipped": len(skipped), "inputs": len(paths),
@@ -163,10 +163,7 @@ def run(paths, export_dir, out, pipeline_options, artifact="saved_model", batch_
               "seconds": round(time.time() - started, 2)}
   if manifest["embedded"] is None:  # a runner without metrics: the inputs that were not skipped
     manifest["embedded"] = len(paths) - len(skipped)
-  temporary = manifest_path + ".partial"
-  with open(temporary, "w", encoding="utf-8") as f:
-    json.dump(manifest, f, indent=1)
-  os.replace(temporary, manifest_path)
+  safeio.write_json(manifest_path, manifest)
   manifest["skipped_files"] = skipped
   return manifest
 

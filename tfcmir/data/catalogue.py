@@ -282,7 +282,7 @@ class _SongReader:
     genres = parse_genres(genre_field)
     if not genres:
       self.problems.report("no_genre", f"{where}: no genres; song {song_id} is kept for its audio "
-                           "and playlists")
+                           "and playlists", outcome="song kept")
     for code, name in genres:
       self.genre_names.setdefault(code, name)
     return SongRecord(song_id=song_id, genres=order_genres([code for code, _ in genres]),

@@ -29,14 +29,17 @@ class Problems:
     self.counts = collections.Counter()
     self.examples = collections.defaultdict(list)
 
-  def report(self, kind, message):
-    """Records one problem of `kind` ('missing_mel', 'bad_mel', ...); raises InputError if strict."""
+  def report(self, kind, message, outcome="skipped"):
+    """Records one problem of `kind` ('missing_mel', 'bad_mel', ...); raises InputError if strict.
+
+    `outcome` says what became of the input in the log ('skipped', 'dropped (song kept)', ...).
+    """
     if self.strict:
       raise InputError(message)
     self.counts[kind] += 1
     if len(self.examples[kind]) < self.MAX_LOGGED:
       self.examples[kind].append(message)
-      logging.warning("%s (skipped; --strict stops here)", message)
+      logging.warning("%s (%s; --strict stops here)", message, outcome)
 
   def note(self, kind, message):
     """Counts an expected gap in the data (e.g. a Melon song without a mel file): never fatal."""

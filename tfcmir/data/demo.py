@@ -26,7 +26,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 
@@ -36,6 +35,7 @@ from absl import app, flags
 from tqdm import tqdm
 
 from tfcmir import flags as tfcmir_flags  # noqa: F401  (defines the shared flags)
+from tfcmir import safeio
 from tfcmir.data import synth
 
 GTZAN_RATE = 22050
@@ -45,6 +45,7 @@ GTZAN_SPLIT = {"train": 443, "valid": 197, "test": 290}
 JAMENDO_CATEGORIES = ("genre", "instrument", "moodtheme")
 JAMENDO_SPLITS = 5
 MANIFEST = "demo_manifest.json"
+DATASET_NAMES = ("melon", "gtzan", "mtg-jamendo", "truth", MANIFEST)  # what generate writes into --out
 FORMAT_VERSION = 1
 
 
@@ -362,13 +363,12 @@ def generate(out, config=DemoConfig(), workers=2, overwrite=False):
   a fixed order, and worker processes only render songs whose seeds were drawn up front.
   """
   settings = dataclasses.asdict(config) | {"format_version": FORMAT_VERSION}
+  safeio.check_ours(out, (MANIFEST,), "demo data (--out)")
   existing = read_manifest(out)
   if existing and existing.get("settings") == settings and not overwrite:
     print(f"{out} already holds this demo dataset (--overwrite rebuilds it)")
     return existing
-  partial = out.rstrip("/") + ".partial"
-  shutil.rmtree(partial, ignore_errors=True)
-  os.makedirs(partial)
+  partial = safeio.partial_folder(out)
   started = time.time()
   # Independent streams per dataset: changing the GTZAN size leaves the Melon corpus unchanged.
   melon_rng, gtzan_rng, jamendo_rng = (np.random.default_rng(s)
@@ -383,11 +383,11 @@ def generate(out, config=DemoConfig(), workers=2, overwrite=False):
       pool.close()
       pool.join()
   manifest = {"settings": settings, "counts": counts, "bytes": _dir_size(partial),
-              "seconds": round(time.time() - started, 1), "workers": workers}
+              "seconds": round(time.time() - started, 1), "workers": workers,
+              "written_by": safeio.WRITTEN_BY}
   _write_json(os.path.join(partial, MANIFEST), manifest)
-  if os.path.exists(out):
-    shutil.rmtree(out)
-  os.replace(partial, out)
+  # Files of others in `out` are carried over; every name the demo writes is replaced.
+  safeio.replace_folder(partial, out, DATASET_NAMES)
   return manifest
 
 

@@ -64,7 +64,7 @@ def read_songs(path, genre_names, mel_dir, problems):
     unknown = [c for c in main + detailed if c not in genre_names]
     if unknown:
       problems.report("unknown_genre", f"{path}: song {song_id} has genre codes {unknown} not in "
-                      "genre_gn_all.json; they are dropped")
+                      "genre_gn_all.json; they are dropped (song kept)", outcome="dropped (song kept)")
     genres = order_genres([c for c in main if c in genre_names],
                           [c for c in detailed if c in genre_names])
     path_mel = mel_file(mel_dir, song_id)

@@ -19,7 +19,7 @@ import time
 import numpy as np
 from absl import flags
 
-from tfcmir import audio, embed
+from tfcmir import audio, embed, safeio
 from tfcmir.data.corpus import InputError, load_mel, mel_file
 from tfcmir.evaluate import report
 
@@ -159,8 +159,7 @@ def evaluate(tasks, export_dirs, out_dir, gtzan_dir=None, jamendo_dir=None, jame
                                  search)
     tables[task] = report.save_report(out_dir, task, results)
     timings[task] = round(time.time() - started, 1)
-  with open(os.path.join(out_dir, "timings.json"), "w", encoding="utf-8") as f:
-    json.dump(timings, f)
+  safeio.write_json(os.path.join(out_dir, "timings.json"), timings)
   return tables
 
 

@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from tfcmir import safeio
+
 JAMENDO_COLUMNS = (("genre", "genre"), ("moodtheme", "mood/theme"), ("instrument", "instrument"))
 
 
@@ -77,10 +79,7 @@ def save_report(out_dir, task, results):
   table = TABLES[task](results)
   for name, text in ((f"{task}.md", table + "\n"),
                      (f"{task}.json", json.dumps(_jsonable(results), indent=1))):
-    temporary = os.path.join(out_dir, name + ".partial")
-    with open(temporary, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(temporary, os.path.join(out_dir, name))
+    safeio.write_text(os.path.join(out_dir, name), text)
   return table
 
 

@@ -17,6 +17,8 @@ import zlib
 import numpy as np
 from gensim.models import Word2Vec
 
+from tfcmir import safeio
+
 PAD = 0
 
 
@@ -48,10 +50,10 @@ class GenreVectors:
     return np.array(rows + [PAD] * (length - len(rows)), np.int64)
 
   def save(self, folder):
-    np.save(os.path.join(folder, "genre_vectors.npy"), self.table)
-    with open(os.path.join(folder, "genre_vocab.json"), "w", encoding="utf-8") as f:
-      json.dump({"pad_row": PAD, "codes": {c: i + 1 for i, c in enumerate(self.codes)}}, f,
-                ensure_ascii=False, indent=0)
+    safeio.atomic_write(os.path.join(folder, "genre_vectors.npy"), lambda f: np.save(f, self.table))
+    safeio.write_json(os.path.join(folder, "genre_vocab.json"),
+                      {"pad_row": PAD, "codes": {c: i + 1 for i, c in enumerate(self.codes)}},
+                      indent=0, ensure_ascii=False)
 
   @classmethod
   def load(cls, folder):

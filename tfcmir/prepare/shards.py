@@ -9,7 +9,6 @@ only what is missing.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import multiprocessing
 import os
@@ -17,6 +16,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
+from tfcmir import safeio
 from tfcmir.data.corpus import InputError, Problems, load_mel
 
 PROGRESS_DIR = ".progress"
@@ -60,12 +60,8 @@ def plan(entries, songs_per_shard, out_dir, bands, crop_frames, strict):
   return tasks
 
 
-def sha256_file(path):
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      h.update(block)
-  return h.hexdigest()
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+sha256_file = safeio.sha256_file  # the name the pipeline and tests know
 
 
 def _song_mel(entry, bands):
@@ -91,6 +87,14 @@ def song_example(entry, bands, crop_frames, problems):
     mel = _song_mel(entry, bands)
   except InputError as err:
     problems.report("bad_mel" if entry.mel_path else "bad_audio", str(err))
+    return None
+  # Shards store float16: a larger value would become +-inf there, and training would then fail far
+  # from its cause. Such mels are not in any front end's range (dB or log-compressed magnitudes).
+  high, low = float(np.max(mel)), float(np.min(mel))
+  if max(high, -low) > FLOAT16_MAX:
+    problems.report("bad_mel", f"{entry.mel_path or entry.audio_path}: song {entry.song_id}: mel "
+                    f"values reach {high if high > -low else low:.4g}, beyond float16's +-65504 (the "
+                    "shards' type)")
     return None
   if mel.shape[0] < crop_frames:
     problems.note("short_mel", f"song {entry.song_id}: {mel.shape[0]} frames < {crop_frames}, "
@@ -122,11 +126,7 @@ def write_shard(task):
 
 
 def _write_json_atomic(path, obj):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  temporary = path + ".partial"
-  with open(temporary, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(temporary, path)
+  safeio.write_json(path, obj)
 
 
 def _done(task):

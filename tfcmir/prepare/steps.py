@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 
@@ -22,7 +23,7 @@ import numpy as np
 import scipy.sparse
 from absl import logging
 
-from tfcmir import __version__
+from tfcmir import __version__, safeio
 from tfcmir.data.corpus import InputError
 from tfcmir.prepare import genres as genres_lib
 from tfcmir.prepare import shards, split as split_lib
@@ -30,6 +31,7 @@ from tfcmir.prepare import shards, split as split_lib
 MANIFEST = "manifest.json"
 STATE = "state.json"
 FORMAT_VERSION = 1
+_SHARD = re.compile(r"^\.?(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.partial)?$")  # only ours
 ARTIFACTS = ("split.json", "genre_vectors.npy", "genre_vocab.json", "warp.npz", STATE, MANIFEST)
 
 
@@ -67,16 +69,13 @@ def _load_json(path):
 
 
 def _save_json(path, obj):
-  temporary = path + ".partial"
-  with open(temporary, "w", encoding="utf-8") as f:
-    json.dump(obj, f, ensure_ascii=False, indent=1)
-  os.replace(temporary, path)
+  safeio.write_json(path, obj, ensure_ascii=False)
 
 
 def _clear(out_dir):
   for name in os.listdir(out_dir):
     path = os.path.join(out_dir, name)
-    if name.endswith(".tfrecord") or name.endswith(".tfrecord.partial") or name in ARTIFACTS:
+    if _SHARD.match(name) or name in ARTIFACTS:
       os.remove(path)
     elif name.startswith(".") and name.endswith(".partial"):
       os.remove(path)
@@ -135,9 +134,9 @@ def global_steps(corpus, config, out_dir, progress=True):
                           learning_rate=config.warp_learning_rate, seed=config.seed,
                           progress=progress)
   cf = np.where(has_cf[:, None], factors.item_factors, 0.0).astype(np.float32)
-  np.savez(os.path.join(out_dir, "warp.npz"), song_ids=ids, cf=cf, has_cf=has_cf,
-           item_bias=factors.item_bias, playlist_factors=factors.user_factors,
-           playlist_bias=factors.user_bias)
+  safeio.atomic_write(os.path.join(out_dir, "warp.npz"), lambda f: np.savez(
+      f, song_ids=ids, cf=cf, has_cf=has_cf, item_bias=factors.item_bias,
+      playlist_factors=factors.user_factors, playlist_bias=factors.user_bias))
   timings["warp"] = time.time() - started
   warp_stats = {"songs_in_matrix": int(has_cf.sum()), "playlists": int(matrix.shape[1]),
                 "memberships": int(matrix.nnz)}
@@ -158,10 +157,13 @@ def songs_per_shard(corpus, config):
   frames = []
   for song in corpus.songs[:20]:
     if song.mel_path:
+      # Only well-formed mels size the shards; the others are reported, by name, when written.
       try:
-        frames.append(np.load(song.mel_path, mmap_mode="r").shape[-1])
-      except (OSError, ValueError):
+        shape = np.load(song.mel_path, mmap_mode="r").shape
+      except (OSError, ValueError, EOFError):  # EOFError: an empty .npy
         continue
+      if len(shape) == 2 and shape[0] == config.bands and shape[1] >= 1:
+        frames.append(shape[1])
     elif song.audio_path:
       import soundfile as sf
       try:
