@@ -3,7 +3,10 @@
 AUDIO are files or folders (searched recursively for wav, flac, ogg, mp3). Each file is decoded,
 mixed to mono and resampled to 16 kHz, turned into the Melon mel by the project's front end, cut into
 non-overlapping 256-frame patches (a file shorter than one patch is padded with silence and flagged),
-and the patches go through the chosen artifact of the export in batches:
+and the patches go through the chosen artifact of the export in batches. The mel uses the level
+convention the model was trained on (the export manifest's `frontend`), and each file's mel is
+compared with the training mels' level statistics: a file more than 20 dB off is named in a warning
+(an error with --strict; tfcmir/levels.py).
 
   --artifact=saved_model        saved_model/<version>/ (serving_default)
   --artifact=tflite             tflite/audio_mel_float32.tflite (LiteRT)
@@ -25,7 +28,7 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from tfcmir import audio
+from tfcmir import audio, levels
 from tfcmir import flags as tfcmir_flags
 from tfcmir.data.corpus import InputError
 
@@ -60,15 +63,22 @@ class Encoder:
     artifact: saved_model, tflite or tflite_quantized.
     threads: threads of the TFLite interpreter (default: the usable cores; LiteRT alone would take
       one). The SavedModel uses TensorFlow's own thread pools.
+    strict: the level guard stops at an off-distribution file instead of warning.
+
+  `frontend` holds the front-end kwargs (tfcmir.audio) the model's mels need; `guard` checks inputs
+  against the training mels' level statistics.
   """
 
-  def __init__(self, export_dir, artifact="saved_model", threads=None):
+  def __init__(self, export_dir, artifact="saved_model", threads=None, strict=False):
     manifest_path = os.path.join(export_dir, "export_manifest.json")
     if not os.path.exists(manifest_path):
       raise InputError(f"{export_dir}: not an export (no export_manifest.json); run tfcmir.export")
     with open(manifest_path, encoding="utf-8") as f:
       self.manifest = json.load(f)
     self.artifact = artifact
+    # Exports from before the level was recorded were made from the front end's default.
+    self.frontend = dict({"level": audio.DEFAULT_LEVEL}, **self.manifest.get("frontend", {}))
+    self.guard = levels.Guard(self.manifest.get("level_statistics"), strict)
     if artifact == "saved_model":
       import tensorflow as tf
       path = os.path.join(export_dir, "saved_model", str(self.manifest["version"]))
@@ -104,34 +114,33 @@ def _usable_cores():
     return os.cpu_count() or 1
 
 
-_MEL_PATCHES = None
+_MEL_PATCHES = {}
 
 
-def _mel_patches(waveform):
+def _mel_patches(waveform, level=audio.DEFAULT_LEVEL):
   """(samples,) 16 kHz waveform -> ((patches, 256, 48) mel patches, mel frames), as one graph.
 
   The front end run eagerly costs ~6x more than the same ops traced once (one kernel launch per op
   and file); the fixed input signature means files of any length share the one trace.
   """
-  global _MEL_PATCHES
-  if _MEL_PATCHES is None:
+  if level not in _MEL_PATCHES:
     import tensorflow as tf
-    layer = audio.MelSpectrogram()
+    layer = audio.MelSpectrogram(level=level)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
     def mel_patches(samples):
       mel = layer(samples[None])
       return audio.split_patches(mel, PATCH_FRAMES)[0], tf.shape(mel)[1]
 
-    _MEL_PATCHES = mel_patches
-  patches, frames = _MEL_PATCHES(waveform)
+    _MEL_PATCHES[level] = mel_patches
+  patches, frames = _MEL_PATCHES[level](waveform)
   return patches.numpy(), int(frames)
 
 
-def file_patches(path):
+def file_patches(path, level=audio.DEFAULT_LEVEL):
   """One file -> ((patches, 256, 48) mel patches, padded: bool, seconds of audio)."""
   waveform = audio.load_audio(path)
-  patches, frames = _mel_patches(waveform)
+  patches, frames = _mel_patches(waveform, level)
   return patches, frames < PATCH_FRAMES, len(waveform) / audio.SAMPLE_RATE
 
 
@@ -153,10 +162,11 @@ def embed_files(paths, encoder, batch_patches=64, progress=True):
 
   for path in tqdm(paths, desc="embed", unit="file", disable=not progress):
     try:
-      patches, padded, seconds = file_patches(path)
+      patches, padded, seconds = file_patches(path, **encoder.frontend)
     except audio.AudioError as err:
       skipped.append((path, err.problem))
       continue
+    encoder.guard.check(path, patches)
     row = {"path": path, "patches": len(patches), "padded": padded, "seconds": seconds}
     rows.append(row)
     pending.append(patches)
@@ -219,7 +229,7 @@ def main(argv):
                          FLAGS.beam_timeout_s))
     return
   started = time.time()
-  encoder = Encoder(FLAGS.embed_model, FLAGS.artifact)
+  encoder = Encoder(FLAGS.embed_model, FLAGS.artifact, strict=FLAGS.strict)
   rows, per_patch, skipped = embed_files(paths, encoder, FLAGS.embed_batch)
   write_outputs(FLAGS.out, rows, per_patch, FLAGS.per_patch, FLAGS.embed_format)
   elapsed = time.time() - started
@@ -232,6 +242,8 @@ def main(argv):
     print(f"shorter than one patch, padded with silence: {len(padded)} ({', '.join(padded[:5])})")
   for path, reason in skipped:
     print(f"skipped {path}: {reason}")
+  for path, shift in encoder.guard.flagged:
+    print(f"off-distribution (mel level {shift:+.1f} dB from the training mels): {path}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ flags.DEFINE_integer("sample_rate", 16000, "Sample rate of the mel front end, Hz
 flags.DEFINE_integer("frame_size", 512, "STFT frame size, samples.", lower_bound=16)
 flags.DEFINE_integer("hop_size", 256, "STFT hop size, samples.", lower_bound=1)
 flags.DEFINE_integer("mel_bands", 48, "Mel bands (F_a).", lower_bound=1)
+flags.DEFINE_enum("mel_level", "auto", ["auto", "essentia", "authors"],
+                  "Prepare: the level convention of the corpus's mels: Essentia's Windowing "
+                  "normalized=True (essentia) or the authors' normalized=False (authors), 84.25 dB "
+                  "apart; auto detects it from the mels (tfcmir/levels.py), or, for a catalogue of "
+                  "audio, uses essentia. Every later step reads it from the data.")
 flags.DEFINE_integer("crop_frames", 256, "Frames per training crop and embedding patch (T_a).",
                      lower_bound=1)
 

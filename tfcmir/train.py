@@ -214,6 +214,14 @@ def make_checkpoint(model, optimizer):
   return tf.train.Checkpoint(**parts)
 
 
+def frontend_of(manifest):
+  """The front-end kwargs (tfcmir.audio) that made, or match, a preparation's mels: its level.
+
+  Manifests from before the level was recorded hold mels of the front end's default.
+  """
+  return {"level": manifest.get("mel_level", {}).get("level", "essentia")}
+
+
 def _check_run(model_dir, config, overwrite):
   path = os.path.join(model_dir, "config.json")
   if os.path.exists(path) and not overwrite:
@@ -249,7 +257,7 @@ def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_ra
     _check_run(model_dir, {"model": model_config,
                            "data": {"tfrecord_dir": os.path.abspath(tfrecord_dir),
                                     "fingerprint": manifest["fingerprint"]},
-                           "flags": flags_used or {}}, overwrite)
+                           "frontend": frontend_of(manifest), "flags": flags_used or {}}, overwrite)
   keras.utils.set_random_seed(seed)
   policy = set_precision(mixed_precision)
   strategy = make_strategy(cluster, worker_timeout_s)
