@@ -15,9 +15,11 @@ How it is detected (`detect`), on a sample of the corpus's mel files:
     "authors". Each convention accepts +-40 dB around its centre; the 4 dB between the two windows and
     everything outside them is refused with the level observed, never guessed.
 
-The guard (`Guard`): the export records the training mels' per-band medians and spreads; embed and
-evaluate compare each input file's per-band medians with them and warn (or, with --strict, stop) when
-the median shift over the bands exceeds 20 dB.
+The guard (`Guard`): the export records the training mels' per-band medians and spreads, and the range
+(1st-99th percentile) of the training songs' own shifts from those medians (songs differ in loudness:
+quiet classical and loud rock are both training data). embed and evaluate compute each input file's
+shift (the median over the bands of its band medians minus the training ones) and warn (or, with
+--strict, stop) when it lies more than 20 dB outside the training songs' range.
 """
 
 from __future__ import annotations
@@ -96,15 +98,20 @@ def resolve(requested, mels, where="the corpus's mels"):
 
 
 def band_statistics(mels):
-  """(frames, bands) mels -> {"median": per band, "spread": per band p90 - p10}, non-silent frames."""
-  rows = [np.asarray(m, np.float32) for m in mels]
-  rows = np.concatenate([m[m.max(axis=1) > SILENT_DB] for m in rows])
-  if not len(rows):
+  """(frames, bands) mels -> per band over non-silent frames, "median" and "spread" (p90 - p10), and
+  "song_shift_db": the [1st, 99th] percentiles of the songs' own shifts from those medians."""
+  songs = [m[m.max(axis=1) > SILENT_DB] for m in (np.asarray(m, np.float32) for m in mels)]
+  songs = [m for m in songs if len(m)]
+  if not songs:
     raise InputError("no non-silent mel frame to take level statistics from")
-  return {"median": np.round(np.median(rows, axis=0), 2).tolist(),
-          "spread": np.round(np.percentile(rows, 90, axis=0) - np.percentile(rows, 10, axis=0),
-                             2).tolist(),
-          "frames": int(len(rows))}
+  rows = np.concatenate(songs)
+  stats = {"median": np.round(np.median(rows, axis=0), 2).tolist(),
+           "spread": np.round(np.percentile(rows, 90, axis=0) - np.percentile(rows, 10, axis=0),
+                              2).tolist(),
+           "frames": int(len(rows))}
+  shifts = [shift_db(stats, m) for m in songs]
+  stats["song_shift_db"] = np.round(np.percentile(shifts, [1, 99]), 2).tolist()
+  return stats
 
 
 def shift_db(reference, mel):
@@ -130,9 +137,12 @@ class Guard:
     if self.reference is None:
       return None
     shift = shift_db(self.reference, mel)
-    if shift is not None and abs(shift) > self.limit_db:
-      message = (f"{path}: mel level {shift:+.1f} dB from the training mels (median over bands; "
-                 f"limit {self.limit_db:.0f}): off-distribution input, embeddings unreliable")
+    low, high = self.reference.get("song_shift_db", (0.0, 0.0))
+    if shift is not None and max(low - shift, shift - high) > self.limit_db:
+      message = (f"{path}: mel level {shift:+.1f} dB from the training mels (median over bands), "
+                 f"more than {self.limit_db:.0f} dB outside the training songs' {low:+.1f} to "
+                 f"{high:+.1f}: off-distribution input (another level convention?), embeddings "
+                 "unreliable")
       if self.strict:
         raise InputError(message)
       logging.warning("%s", message)
