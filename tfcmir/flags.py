@@ -78,6 +78,10 @@ flags.DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=2)
 flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.", lower_bound=0.0)
 flags.DEFINE_float("weight_decay", 1e-4, "Weight decay (paper silent; authors' code uses 1e-4).",
                    lower_bound=0.0)
+flags.DEFINE_enum("weight_decay_form", "l2", ["l2", "decoupled", "none"],
+                  "How --weight_decay acts: l2 adds weight_decay * w to the gradient before Adam's "
+                  "moments (the authors' torch Adam(weight_decay=)); decoupled is Keras' AdamW-style "
+                  "shrink by lr * weight_decay a step (1e-8 at the paper's lr: effectively off).")
 flags.DEFINE_integer("epochs", 100, "Training epochs (paper silent).", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Random seed of every step (split, generator, training).")
 

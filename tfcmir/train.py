@@ -109,13 +109,54 @@ _LOST_PEER = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.er
 
 
 def set_precision(mixed):
-  """bfloat16 on CPUs, float16 (with loss scaling) on GPUs; variables and losses stay float32."""
+  """bfloat16 on CPUs, float16 (with loss scaling) on GPUs; variables and losses stay float32.
+
+  `mixed`: False, True (the device decides), or a Keras policy name to force one (tests).
+  """
   if not mixed:
     keras.mixed_precision.set_global_policy("float32")
     return "float32"
-  policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+  policy = mixed if isinstance(mixed, str) else (
+      "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16")
   keras.mixed_precision.set_global_policy(policy)
   return policy
+
+
+@keras.saving.register_keras_serializable(package="tfcmir")
+class AdamL2(keras.optimizers.Adam):
+  """Adam with L2 weight decay as torch's Adam(weight_decay=l2) does it: l2 * w joins the gradient
+  before the moments (the authors' optimizer), unlike Keras' decoupled `weight_decay`, which at the
+  paper's lr 1e-4 shrinks weights by only lr * 1e-4 = 1e-8 a step.
+
+  Added in `update_step`, which sees each variable's gradient after the replicas' gradients are
+  combined (and after loss-scale unscaling), so the decay does not scale with the replica count.
+  """
+
+  def __init__(self, l2=0.0, **kwargs):
+    super().__init__(**kwargs)
+    self.l2 = float(l2)
+
+  def update_step(self, gradient, variable, learning_rate):
+    if self.l2:
+      gradient = gradient + self.l2 * keras.ops.cast(variable, gradient.dtype)
+    super().update_step(gradient, variable, learning_rate)
+
+  def get_config(self):
+    return dict(super().get_config(), l2=self.l2)
+
+
+WEIGHT_DECAY_FORMS = ("l2", "decoupled", "none")
+
+
+def make_optimizer(learning_rate, weight_decay, form="l2"):
+  """Adam with `weight_decay` in the authors' L2 form, Keras' decoupled form, or none."""
+  if form not in WEIGHT_DECAY_FORMS:
+    raise InputError(f"weight decay form must be one of {WEIGHT_DECAY_FORMS}, got {form!r}")
+  if form == "l2" and weight_decay:
+    return AdamL2(l2=weight_decay, learning_rate=learning_rate)
+  if form == "decoupled" and weight_decay:
+    return keras.optimizers.Adam(learning_rate, weight_decay=weight_decay)
+  return keras.optimizers.Adam(learning_rate)
 
 
 def _write_atomic(path, write):
@@ -239,7 +280,7 @@ def _check_run(model_dir, config, overwrite):
 def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_rate, weight_decay,
           seed=0, steps_per_epoch=0, early_stopping=0, checkpoint_steps=0, keep_checkpoints=3,
           shuffle_buffer=2048, jit_compile=False, mixed_precision=False, overwrite=False,
-          flags_used=None, verbose="auto", worker_timeout_s=0):
+          flags_used=None, verbose="auto", worker_timeout_s=0, weight_decay_form="l2"):
   """Trains; returns a summary dict. Flag-free: tests and other entry points call it directly.
 
   Under a multi-worker TF_CONFIG every worker runs this with the same arguments; `batch_size` is the
@@ -295,8 +336,12 @@ def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_ra
     model = contrastive.build_model(model_config, table)
     model.build_from_batch(next(iter(pipeline.dataset(tfrecord_dir, "train", 2, training=False,
                                                       verify="none"))))
-    optimizer = keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None)
-    model.compile(optimizer=optimizer, jit_compile=jit_compile)
+    model.compile(optimizer=make_optimizer(learning_rate, weight_decay, weight_decay_form),
+                  jit_compile=jit_compile)
+    # The optimizer the model really uses: under mixed_float16 compile wraps Adam in a
+    # LossScaleOptimizer. Built here (not by fit's first batch, a symbolic build whose dict-batch
+    # reduce fails under multi-worker) and checkpointed, so the dynamic loss scale survives a resume.
+    optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
     checkpoint = make_checkpoint(model, optimizer)
   # Every worker saves (a save may read variables collectively), each into its own folder; all of them
@@ -376,10 +421,21 @@ def run():
                   FLAGS.learning_rate, FLAGS.weight_decay, FLAGS.seed, FLAGS.steps_per_epoch,
                   FLAGS.early_stopping, FLAGS.checkpoint_steps, FLAGS.keep_checkpoints,
                   FLAGS.shuffle_buffer, FLAGS.jit_compile, FLAGS.mixed_precision, FLAGS.overwrite,
-                  tfcmir_flags.resolved(), worker_timeout_s=FLAGS.worker_timeout_s)
+                  tfcmir_flags.resolved(), worker_timeout_s=FLAGS.worker_timeout_s,
+                  weight_decay_form=FLAGS.weight_decay_form)
   if not summary["chief"]:
     return summary, None  # the chief reports for the cluster
-  return summary, probe.held_out_genre_probe(summary["model"], config, tfrecord_dir, seed=FLAGS.seed)
+  return summary, genre_probe(summary["model"], config, tfrecord_dir, manifest, model_dir, FLAGS.seed)
+
+
+def genre_probe(model, config, tfrecord_dir, manifest, model_dir, seed=0):
+  """The held-out genre probe on the best weights (those export ships), or {'skipped': reason}."""
+  if not manifest["counts"]["songs"].get("test"):
+    return {"skipped": "the test split is empty"}
+  best = os.path.join(model_dir, "best.weights.h5")
+  if os.path.exists(best):
+    model.load_weights(best)
+  return probe.held_out_genre_probe(model, config, tfrecord_dir, seed=seed)
 
 
 def main(argv):
@@ -397,7 +453,9 @@ def format_summary(summary, result=None):
   if summary["best_val_loss"] is not None:
     lines.append(f"best validation loss {summary['best_val_loss']:.4f} at epoch "
                  f"{summary['best_epoch']} (best.weights.h5)")
-  if result:
+  if result and "skipped" in result:
+    lines.append(f"genre probe skipped: {result['skipped']}")
+  elif result:
     lines.append(f"held-out test songs, genre from audio embeddings (logistic regression, 5-fold): "
                  f"trained {result['trained']:.3f}, untrained {result['untrained']:.3f}, "
                  f"chance {result['chance']:.3f}")
