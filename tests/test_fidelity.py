@@ -110,3 +110,19 @@ def test_probe_uses_the_best_weights(small_prepared, tmp_path):
   best.load_weights(os.path.join(run_dir, "best.weights.h5"))
   np.testing.assert_array_equal(kernel.numpy(), best.audio_encoder.trainable_variables[0].numpy())
   assert np.any(kernel.numpy() != 0)
+
+
+def test_export_takes_the_run_s_own_genre_vocabulary(tmp_path):
+  import json
+  from tfcmir import export
+  from tfcmir.data.corpus import InputError
+  own, other, same = (tmp_path / n for n in ("own", "other", "copy"))
+  for folder, fingerprint in ((own, "abc"), (other, "xyz"), (same, "abc")):
+    folder.mkdir()
+    (folder / "genre_vocab.json").write_text(json.dumps({"GN01": 1}))
+    (folder / "manifest.json").write_text(json.dumps({"fingerprint": fingerprint}))
+  run = {"data": {"tfrecord_dir": str(own), "fingerprint": "abc"}}
+  assert export.genre_vocab_of(run) == str(own / "genre_vocab.json")
+  assert export.genre_vocab_of(run, str(same)) == str(same / "genre_vocab.json")  # same preparation
+  with pytest.raises(InputError, match="not the data the run was trained on"):
+    export.genre_vocab_of(run, str(other))

@@ -57,7 +57,9 @@ flags.DEFINE_enum("verify_shards", "size", ["none", "size", "checksum", "records
 flags.DEFINE_list("conv_channels", ["128", "128", "256", "256", "256", "256", "512"],
                   "Channels of the Z conv blocks of the audio encoder (authors' code).")
 flags.DEFINE_integer("kernel_size", 3, "Square kernel of the conv blocks (K).", lower_bound=1)
-flags.DEFINE_integer("hidden_dim", 512, "Hidden width of the feed-forward heads (authors' code).",
+flags.DEFINE_integer("hidden_dim", 512, "Hidden width of the feed-forward heads, FF_a1 and FF_cf1 "
+                     "(ours: 512 for both, the width of the authors' audio head; the authors' CF head "
+                     "is 301 -> 128, dropout 0.3, -> 128, with the LightFM item bias as a 301st input).",
                      lower_bound=1)
 flags.DEFINE_integer("embedding_dim", 128, "Size of the shared contrastive space (authors' code).",
                      lower_bound=1)
