@@ -179,3 +179,19 @@ def test_essentia_mels_of_either_convention_go_end_to_end(small_demo, essentia_c
     result = run_module("tfcmir.embed", f"--embed_model={out}", f"--out={tmp_path / 'emb'}",
                         "--strict", loud, wavs[1])
     assert result.returncode == 1 and "loud.wav: mel level +" in result.stderr, result.stderr[-2000:]
+
+
+def test_essentia_level_keeps_the_fingerprint_of_earlier_preparations():
+  """Shards prepared before the level was recorded are essentia-level: they stay valid, not redone."""
+  import dataclasses
+  import hashlib
+  from tfcmir.prepare import steps
+  corpus = types.SimpleNamespace(songs=[], playlists=[[1, 2]], genre_names=["GN01"])
+  config = steps.PrepareConfig()
+  settings = dataclasses.asdict(config)
+  del settings["mel_level"]
+  before = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+  before.update(b"1,2\n")
+  before.update(json.dumps(["GN01"]).encode())
+  assert steps.fingerprint(corpus, config) == before.hexdigest()
+  assert steps.fingerprint(corpus, dataclasses.replace(config, mel_level="authors")) != before.hexdigest()

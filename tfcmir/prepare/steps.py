@@ -53,7 +53,10 @@ class PrepareConfig:
 def fingerprint(corpus, config):
   """sha256 of what the outputs depend on: songs, genres, playlists and settings."""
   h = hashlib.sha256()
-  h.update(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+  settings = dataclasses.asdict(config)
+  if settings["mel_level"] == "essentia":  # what every preparation before the level was recorded had
+    del settings["mel_level"]
+  h.update(json.dumps(settings, sort_keys=True).encode())
   for s in corpus.songs:
     h.update(f"{s.song_id}|{','.join(s.genres)}|{s.mel_path}|{s.audio_path}\n".encode())
   for p in corpus.playlists:
