@@ -49,7 +49,8 @@ flags.DEFINE_integer("warp_negatives", 40, "WARP negatives sampled per positive 
 flags.DEFINE_float("warp_learning_rate", 0.05, "WARP Adagrad learning rate (authors: 0.05).",
                    lower_bound=0.0)
 flags.DEFINE_integer("shard_mb", 128, "Upper bound on a TFRecord shard's size, MiB.", lower_bound=1)
-flags.DEFINE_bool("strict", False, "Stop at the first bad input instead of reporting and skipping it.")
+flags.DEFINE_bool("strict", False, "Stop at the first bad input instead of reporting and skipping it "
+                  "(embed, evaluate: also an audio file whose mel level is off the training mels').")
 flags.DEFINE_enum("verify_shards", "size", ["none", "size", "checksum", "records"],
                   "How readers check shards against the manifest before reading them.")
 
