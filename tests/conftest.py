@@ -17,13 +17,16 @@ SMALL_DEMO = dict(seed=3, songs=500, playlists=240, seconds=6.0, missing_mel=0.0
                   jamendo_tracks=60)
 
 
-def run_essentia(*pairs):
+def run_essentia(*pairs, level="essentia"):
   """Runs tests/tools/essentia_mel.py on (input, output.npy) pairs in a separate process.
+
+  `level`: the window normalisation, "essentia" (normalized=True) or "authors" (normalized=False).
 
   Essentia's pip build bundles libtensorflow 2.5, and importing it after TensorFlow aborts the process.
   """
   args = [a for pair in pairs for a in pair]
-  result = subprocess.run([sys.executable, os.path.join(HERE, "tools", "essentia_mel.py"), *args],
+  result = subprocess.run([sys.executable, os.path.join(HERE, "tools", "essentia_mel.py"),
+                           f"--level={level}", *args],
                           capture_output=True, text=True, timeout=300)
   if result.returncode:
     raise RuntimeError(f"essentia_mel.py failed:\n{result.stderr[-3000:]}")

@@ -189,3 +189,20 @@ def test_silence_is_accepted_when_asked():
   assert audio.check_waveform(wave, allow_silence=True) is wave
   mel = audio.mel_spectrogram(wave)
   assert np.all(mel == audio.DB_FLOOR)  # Essentia's lin2db floor: -200 dB
+
+
+def test_authors_level_matches_essentia_unnormalized_window(tmp_path):
+  """level="authors" is Essentia's Windowing(normalized=False): 40*log10(255.5/2) = 84.25 dB higher."""
+  name = next(n for n in REAL_FILES if "16k" in n)
+  wave = audio.load_audio(os.path.join(REAL_AUDIO, name))
+  np.save(tmp_path / "wave.npy", wave)
+  run_essentia((str(tmp_path / "wave.npy"), str(tmp_path / "authors.npy")), level="authors")
+  ref = np.load(tmp_path / "authors.npy")
+  ours = audio.mel_spectrogram(wave, level="authors")
+  assert ours.shape == ref.shape
+  assert np.max(np.abs(ours - ref)) <= SAME_INPUT_TOL_DB
+  loud = ours > -150  # away from the -200 dB floor, which both conventions share
+  shift = ours[loud] - audio.mel_spectrogram(wave)[loud]
+  assert np.allclose(shift, 40 * np.log10(255.5 / 2), atol=0.01)
+  with pytest.raises(ValueError, match="natural_log"):
+    audio.MelSpectrogram(level="natural_log")

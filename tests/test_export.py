@@ -30,7 +30,7 @@ def exported(small_prepared, tmp_path_factory):
   train.train(tfrecord_dir, run_dir, config, epochs=3, batch_size=32, learning_rate=1e-3,
               weight_decay=1e-4, steps_per_epoch=8, verbose=0)
   out = str(root / "demo_model")
-  manifest = export.export(run_dir, out, genre_vocab=os.path.join(tfrecord_dir, "genre_vocab.json"))
+  manifest = export.export(run_dir, out, tfrecord_dir=tfrecord_dir)
   return run_dir, out, manifest
 
 

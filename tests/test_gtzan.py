@@ -106,3 +106,27 @@ def test_demo_layout_beats_chance(small_demo):
   result = gtzan.evaluate_gtzan(embeddings, split, repetitions=2)
   assert len(result["classes"]) == 10
   assert result["accuracy_mean"] > 0.3  # chance is 0.1
+
+
+def test_each_epoch_sees_another_batch_order(monkeypatch):
+  """scikit-learn re-seeds partial_fit's shuffle each call: the epochs' orders come from our generator."""
+  from sklearn.neural_network import MLPClassifier
+  from tfcmir.evaluate import gtzan as gtzan_lib
+  seen = []
+  original = MLPClassifier.partial_fit
+
+  def recording(self, x, y, classes=None):
+    seen.append(x[:, 0].copy())
+    return original(self, x, y, classes=classes)
+
+  monkeypatch.setattr(MLPClassifier, "partial_fit", recording)
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(40, 3)), np.arange(40) % 2
+  val = (x[:4], y[:4], np.arange(4), y[:4])
+  gtzan_lib._train(x, y, val, np.arange(2), seed=5, max_epochs=3, patience=10)
+  first = list(seen)
+  assert len(first) == 3 and not np.array_equal(first[0], first[1])
+  assert all(sorted(e) == sorted(x[:, 0]) for e in first)  # a permutation of the same patches
+  seen.clear()
+  gtzan_lib._train(x, y, val, np.arange(2), seed=5, max_epochs=3, patience=10)
+  assert all(np.array_equal(a, b) for a, b in zip(first, seen))  # seeded: the same run again

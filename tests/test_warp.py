@@ -21,7 +21,8 @@ def reference_batch_loss(user_f, item_f, item_b, users, items, negatives, offset
                          members=None):
   """WARP from its definition, one positive at a time, as LightFM's fit_warp loop does.
 
-  Sampled songs that are in the playlist are skipped and not counted. Returns (loss, violator).
+  Every draw counts in the position (LightFM's `sampled += 1` comes first); a violator that is in
+  the playlist is then skipped (`continue`). Returns (loss, violator).
   """
   per_group = len(users) // len(negatives)
   losses, violators = np.zeros(len(users)), np.full(len(users), -1)
@@ -31,11 +32,11 @@ def reference_batch_loss(user_f, item_f, item_b, users, items, negatives, offset
     counted = 0
     for t in range(len(draws)):
       neg = draws[(offsets[b] + t) % len(draws)]
-      if members is not None and (neg, u) in members:
-        continue
       counted += 1
       score = user_f[u] @ item_f[neg] + item_b[neg]
       if score > pos - 1:
+        if members is not None and (neg, u) in members:
+          continue
         weight = min(math.log(max(1.0, math.floor((n_candidates - 1) / counted))), 10.0)
         losses[b] = weight * max(0.0, 1 - pos + score)
         violators[b] = neg
@@ -228,3 +229,21 @@ def test_recall_at_k_against_a_loop():
     recalls.append(len(held.intersection(ranked)) / len(held))
   got = warp.recall_at_k(factors, train, test, 5, chunk_floats=80)  # two playlists per chunk
   assert got == pytest.approx(np.mean(recalls))
+
+
+def test_a_skipped_member_draw_still_counts_in_the_rank_as_lightfm():
+  """Draws: a violating member (skipped), a non-violator, a violator. LightFM's `sampled` is 3 there,
+  so each of the 3 positives weighs log(floor(100 / 3)) = log(33), not log(floor(100 / 2)) = log(50)."""
+  user_f = np.zeros((1, 2), np.float32)  # scores are the song biases
+  item_f = np.zeros((5, 2), np.float32)
+  item_b = np.array([0.0, 0.5, -5.0, 0.0, 0.0], np.float32)  # 0 positive, 1 member, 2 low, 3 violator
+  users, items = np.zeros(3, np.int64), np.zeros(3, np.int64)
+  negatives = np.array([[1, 2, 3]])
+  members = scipy.sparse.csr_matrix(([1.0, 1.0], ([0, 1], [0, 0])), shape=(5, 1))
+  loss, violator = warp.warp_batch_loss(user_f, item_f, item_b, users, items, negatives, 101,
+                                        memberships=members)
+  np.testing.assert_array_equal(violator.numpy(), [3, 3, 3])
+  assert float(np.sum(loss)) == pytest.approx(3 * math.log(33), rel=1e-6)
+  want, _ = reference_batch_loss(user_f, item_f, item_b, users, items, negatives, np.zeros(3, int), 101,
+                                 {(0, 0), (1, 0)})
+  np.testing.assert_allclose(loss.numpy(), want, rtol=1e-6)

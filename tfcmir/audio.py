@@ -9,7 +9,10 @@ What it reproduces of Essentia, and why each detail matters (see tests/test_audi
   * `FrameCutter(startFromZero=False)`: the first frame is centred on sample 0 (frame_size/2 zeros in
     front) and frames continue while their start lies inside the signal: ceil((n + F/2) / H) frames.
   * `Windowing(type='hann')`: a *symmetric* Hann window scaled to sum to 2 (`normalized=True`); a
-    periodic window costs ~0.3 dB, an unscaled one ~84 dB.
+    periodic window costs ~0.3 dB. The authors' own extraction (`utils.melspectrogram`) passes
+    `normalized=False`: the unscaled window (sum 255.5), 40*log10(255.5/2) = 84.25 dB higher in every
+    bin. Which one a corpus used is a property of its data (tfcmir/levels.py detects it), so every
+    function here takes `level`: "essentia" (normalized=True) or "authors" (normalized=False).
   * `MelBands(type='power', normalize='unit_tri', warpingFormula='slaneyMel')`: |rfft|^2 times a slaney
     filterbank with area normalisation (tf.signal's own matrix is HTK-mel and unnormalised).
   * `UnaryOperator(type='lin2db', scale=2)`: 20*log10(power), with Essentia's silence floor: powers
@@ -147,10 +150,22 @@ def slaney_mel_matrix(sample_rate=SAMPLE_RATE, frame_size=FRAME_SIZE, num_bands=
   return weights.T
 
 
-def essentia_hann(frame_size=FRAME_SIZE):
-  """Essentia's Windowing(type='hann', normalized=True): symmetric Hann scaled to sum to 2."""
+# The window normalisation of each level convention: Essentia's Windowing(normalized=...).
+LEVELS = {"essentia": True, "authors": False}
+DEFAULT_LEVEL = "essentia"
+
+
+def check_level(level):
+  if level not in LEVELS:
+    raise ValueError(f"mel level convention must be one of {sorted(LEVELS)}, got {level!r}")
+  return level
+
+
+def essentia_hann(frame_size=FRAME_SIZE, level=DEFAULT_LEVEL):
+  """Essentia's Windowing(type='hann'): symmetric Hann, scaled to sum to 2 when normalized (the
+  "essentia" level), left unscaled for the "authors" level (normalized=False)."""
   window = np.hanning(frame_size)
-  return window * (2.0 / window.sum())
+  return window * (2.0 / window.sum()) if LEVELS[check_level(level)] else window
 
 
 def num_frames(num_samples, frame_size=FRAME_SIZE, hop_size=HOP_SIZE):
@@ -162,6 +177,8 @@ def num_frames(num_samples, frame_size=FRAME_SIZE, hop_size=HOP_SIZE):
 class MelSpectrogram(keras.layers.Layer):
   """Waveform -> Melon mel-spectrogram in dB, as Essentia computes it.
 
+  `level`: the window normalisation, "essentia" (normalized=True) or "authors" (normalized=False).
+
   Call args:
     waveform: float32 (batch, samples) mono audio at `sample_rate`.
 
@@ -170,7 +187,7 @@ class MelSpectrogram(keras.layers.Layer):
   """
 
   def __init__(self, sample_rate=SAMPLE_RATE, frame_size=FRAME_SIZE, hop_size=HOP_SIZE,
-               num_bands=NUM_BANDS, fmin=0.0, fmax=None, **kwargs):
+               num_bands=NUM_BANDS, fmin=0.0, fmax=None, level=DEFAULT_LEVEL, **kwargs):
     super().__init__(**kwargs)
     if frame_size % 2 or hop_size <= 0 or frame_size <= 0:
       raise ValueError(f"frame_size must be even and positive, hop_size positive: {frame_size}, {hop_size}")
@@ -180,8 +197,9 @@ class MelSpectrogram(keras.layers.Layer):
     self.num_bands = num_bands
     self.fmin = fmin
     self.fmax = fmax
+    self.level = check_level(level)
     # Constants, not weights: they must not train, and a quantiser must not touch them.
-    self._window = tf.constant(essentia_hann(frame_size), tf.float32)
+    self._window = tf.constant(essentia_hann(frame_size, level), tf.float32)
     self._mel = tf.constant(slaney_mel_matrix(sample_rate, frame_size, num_bands, fmin, fmax), tf.float32)
 
   def call(self, waveform):
@@ -204,7 +222,7 @@ class MelSpectrogram(keras.layers.Layer):
   def get_config(self):
     config = super().get_config()
     config.update(sample_rate=self.sample_rate, frame_size=self.frame_size, hop_size=self.hop_size,
-                  num_bands=self.num_bands, fmin=self.fmin, fmax=self.fmax)
+                  num_bands=self.num_bands, fmin=self.fmin, fmax=self.fmax, level=self.level)
     return config
 
 
@@ -224,27 +242,28 @@ def split_patches(mel, patch_frames=256):
   return tf.reshape(mel, [tf.shape(mel)[0], count, patch_frames, mel.shape[-1] or NUM_BANDS])
 
 
-_MEL_LAYER = None
+_MEL_LAYERS = {}
 
 
-def mel_spectrogram(waveforms):
+def mel_spectrogram(waveforms, level=DEFAULT_LEVEL):
   """NumPy convenience: (batch, samples) or (samples,) waveform(s) -> (batch, frames, 48) dB mels."""
-  global _MEL_LAYER
-  if _MEL_LAYER is None:
-    _MEL_LAYER = MelSpectrogram()
+  if level not in _MEL_LAYERS:
+    _MEL_LAYERS[check_level(level)] = MelSpectrogram(level=level)
   waveforms = np.asarray(waveforms, np.float32)
   single = waveforms.ndim == 1
-  mels = _MEL_LAYER(waveforms[None] if single else waveforms)
+  mels = _MEL_LAYERS[level](waveforms[None] if single else waveforms)
   mels = np.asarray(mels)
   return mels[0] if single else mels
 
 
-def file_to_mel(path, allow_silence=False):
-  """Decodes, resamples and computes the mel of one file: float32 (frames, 48) in dB.
+def file_to_mel(path, allow_silence=False, level=DEFAULT_LEVEL):
+  """Decodes, resamples and computes the mel of one file: float32 (frames, 48) in dB, at the mel
+  level convention `level` (see MelSpectrogram).
 
   In chunks (mel_chunks): memory holds the mel and one chunk of audio, not the decoded file.
   """
-  return np.concatenate(list(mel_chunks(path, MEL_CHUNK_FRAMES, allow_silence=allow_silence)))
+  return np.concatenate(list(mel_chunks(path, MEL_CHUNK_FRAMES, allow_silence=allow_silence,
+                                        level=level)))
 
 
 # --- Long files in bounded memory. ----------------------------------------------------------------------

@@ -98,7 +98,7 @@ def main(argv):
     export_dir = os.path.join(FLAGS.export_dir, "demo", mode)
     exported = export_cli.export(os.path.join(runs_root, mode), export_dir, FLAGS.export_version,
                                  overwrite=True, flags_used=tfcmir_flags.resolved(),
-                                 genre_vocab=os.path.join(FLAGS.tfrecord_dir, "genre_vocab.json"))
+                                 tfrecord_dir=FLAGS.tfrecord_dir)
     checks = ", ".join(f"{k} {v:.2g}" for k, v in exported["verification"].items())
     print(f"{export_dir}: {checks}", flush=True)
     exports.append(export_dir)

@@ -3,7 +3,10 @@
 AUDIO are files or folders (searched recursively for wav, flac, ogg, mp3). Each file is decoded,
 mixed to mono and resampled to 16 kHz, turned into the Melon mel by the project's front end, cut into
 non-overlapping 256-frame patches (a file shorter than one patch is padded with silence and flagged),
-and the patches go through the chosen artifact of the export in batches:
+and the patches go through the chosen artifact of the export in batches. The mel uses the level
+convention the model was trained on (the export manifest's `frontend`), and each file's mel is
+compared with the training mels' level statistics: a file more than 20 dB off is named in a warning
+(an error with --strict; tfcmir/levels.py).
 
   --artifact=saved_model        saved_model/<version>/ (serving_default)
   --artifact=tflite             tflite/audio_mel_float32.tflite (LiteRT)
@@ -24,7 +27,7 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from tfcmir import audio, safeio
+from tfcmir import audio, levels, safeio
 from tfcmir import flags as tfcmir_flags
 from tfcmir.data.corpus import InputError
 
@@ -60,12 +63,19 @@ class Encoder:
     artifact: saved_model, tflite or tflite_quantized.
     threads: threads of the TFLite interpreter (default: the usable cores; LiteRT alone would take
       one). The SavedModel uses TensorFlow's own thread pools.
+    strict: the level guard stops at an off-distribution file instead of warning.
+
+  `frontend` holds the front-end kwargs (tfcmir.audio) the model's mels need; `guard` checks inputs
+  against the training mels' level statistics.
   """
 
-  def __init__(self, export_dir, artifact="saved_model", threads=None):
+  def __init__(self, export_dir, artifact="saved_model", threads=None, strict=False):
     self.manifest = read_export_manifest(export_dir)
     self.artifact = artifact
     verify_export(export_dir, self.manifest, artifact)
+    # Exports from before the level was recorded were made from the front end's default.
+    self.frontend = dict({"level": audio.DEFAULT_LEVEL}, **self.manifest.get("frontend", {}))
+    self.guard = levels.Guard(self.manifest.get("level_statistics"), strict)
     if artifact == "saved_model":
       import tensorflow as tf
       path = os.path.join(export_dir, "saved_model", str(self.manifest["version"]))
@@ -148,17 +158,19 @@ def _usable_cores():
 # and its frames (the front end's intermediates are ~40 KB a frame), plus the file's patches (~0.7 MB
 # a minute), whatever the file's length. benchmarks/long_audio.py measures it.
 CHUNK_PATCHES = 16
-FRONTEND = {}  # MelSpectrogram arguments beyond its defaults
 
 
-def file_patches(path):
+def file_patches(path, **frontend):
   """One file -> ((patches, 256, 48) mel patches, padded: bool, seconds of audio).
+
+  `frontend`: MelSpectrogram arguments beyond its defaults (an export's `Encoder.frontend`: the level
+  convention its training mels had).
 
   Consecutive 256-frame patches of the whole-file mel, the incomplete tail dropped; a file shorter
   than one patch is padded with silence to one patch (audio.split_patches).
   """
   stats, parts, tail = {}, [], None
-  for mel in audio.mel_chunks(path, CHUNK_PATCHES * PATCH_FRAMES, stats=stats, **FRONTEND):
+  for mel in audio.mel_chunks(path, CHUNK_PATCHES * PATCH_FRAMES, stats=stats, **frontend):
     if tail is not None and len(tail):
       mel = np.concatenate([tail, mel])
     whole = len(mel) // PATCH_FRAMES * PATCH_FRAMES
@@ -189,10 +201,11 @@ def embed_files(paths, encoder, batch_patches=64, progress=True):
 
   for path in tqdm(paths, desc="embed", unit="file", disable=not progress):
     try:
-      patches, padded, seconds = file_patches(path)
+      patches, padded, seconds = file_patches(path, **encoder.frontend)
     except audio.AudioError as err:
       skipped.append((path, err.problem))
       continue
+    encoder.guard.check(path, patches)
     row = {"path": path, "patches": len(patches), "padded": padded, "seconds": seconds}
     rows.append(row)
     pending.append(patches)
@@ -289,7 +302,7 @@ def main(argv):
                          FLAGS.beam_timeout_s))
     return
   started = time.time()
-  encoder = Encoder(FLAGS.embed_model, FLAGS.artifact)
+  encoder = Encoder(FLAGS.embed_model, FLAGS.artifact, strict=FLAGS.strict)
   rows, per_patch, skipped = embed_files(paths, encoder, FLAGS.embed_batch)
   check_some_read(paths, skipped)
   write_outputs(FLAGS.out, rows, per_patch, FLAGS.per_patch, FLAGS.embed_format)
@@ -303,6 +316,8 @@ def main(argv):
     print(f"shorter than one patch, padded with silence: {len(padded)} ({', '.join(padded[:5])})")
   for path, reason in skipped:
     print(f"skipped {path}: {reason}")
+  for path, shift in encoder.guard.flagged:
+    print(f"off-distribution (mel level {shift:+.1f} dB from the training mels): {path}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import tensorflow as tf
 from absl import flags, logging
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from tfcmir import __version__, audio, safeio
+from tfcmir import __version__, audio, levels, safeio
 from tfcmir import flags as tfcmir_flags
 from tfcmir.data.corpus import InputError
 from tfcmir.model import contrastive
@@ -85,11 +85,11 @@ def dummy_batch(model_config, batch=1, max_genres=10):
 class AudioTower(tf.Module):
   """The exported functions: the encoder on mel patches, on waveforms, and the genre tower."""
 
-  def __init__(self, model):
+  def __init__(self, model, level=audio.DEFAULT_LEVEL):
     super().__init__()
     self.audio_encoder = model.audio_encoder
     self.genre_encoder = model.genre_encoder
-    self.frontend = audio.MelSpectrogram()
+    self.frontend = audio.MelSpectrogram(level=level)  # the convention of the training mels
     # Only towers that exist become functions: SavedModel traces every tf.function it finds.
     self.genres = None
     if self.genre_encoder is not None:
@@ -197,21 +197,68 @@ def cosine(a, b):
   return float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
-def verification_inputs(seed=0):
-  """Real-music-like inputs: a demo-style waveform of 10 s, and its mel patches."""
+def verification_inputs(seed=0, level=audio.DEFAULT_LEVEL):
+  """Real-music-like inputs: a demo-style waveform of 10 s, and its mel patches (in `level`)."""
   rng = np.random.default_rng(seed)
   t = np.arange(audio.SAMPLE_RATE * 10) / audio.SAMPLE_RATE
   tones = sum(np.sin(2 * np.pi * f * t) * (0.1 + 0.05 * rng.random()) for f in (110, 220, 330, 660))
   waveform = (tones * (1 + 0.5 * np.sin(2 * np.pi * 2 * t)) + 0.01 * rng.standard_normal(len(t)))
   waveform = (0.3 * waveform / np.max(np.abs(waveform))).astype(np.float32)[None]
-  patches = np.asarray(audio.split_patches(audio.mel_spectrogram(waveform), PATCH_FRAMES))[0]
+  patches = np.asarray(audio.split_patches(audio.mel_spectrogram(waveform, level), PATCH_FRAMES))[0]
   return waveform, patches.astype(np.float32)
 
 
+def frontend_of(run):
+  """The front-end kwargs of a training run (config.json): runs from before the level was recorded
+  trained on the front end's default."""
+  return dict({"level": audio.DEFAULT_LEVEL}, **run.get("frontend", {}))
+
+
+def training_level_statistics(run):
+  """Per-band statistics of the run's training mels, for the guard of embed and evaluate; None (and a
+  warning) when the run's data folder is gone."""
+  from tfcmir.data import pipeline
+  folder = run["data"]["tfrecord_dir"]
+  try:
+    manifest = pipeline.read_manifest(folder)
+    return levels.shard_band_statistics(folder, manifest)
+  except (InputError, OSError, tf.errors.OpError) as err:
+    logging.warning("no level statistics of the training mels (%s): embed cannot check its inputs",
+                    err)
+    return None
+
+
+def genre_vocab_of(run, tfrecord_dir=None):
+  """The genre_vocab.json of the run's own data folder (config.json), or of `tfrecord_dir` when it
+  holds the same preparation (same fingerprint); another corpus's vocabulary is refused."""
+  own = run["data"]["tfrecord_dir"]
+  folder = tfrecord_dir or own
+  if os.path.realpath(folder) != os.path.realpath(own):
+    manifest_path = os.path.join(folder, "manifest.json")
+    fingerprint = None
+    if os.path.exists(manifest_path):
+      with open(manifest_path, encoding="utf-8") as f:
+        fingerprint = json.load(f).get("fingerprint")
+    if fingerprint != run["data"]["fingerprint"]:
+      raise InputError(f"{folder}: not the data the run was trained on ({own}, fingerprint "
+                       f"{run['data']['fingerprint'][:12]}); its genre_vocab.json would not match the "
+                       "genre tower. Drop --tfrecord_dir to use the run's own folder")
+  path = os.path.join(folder, "genre_vocab.json")
+  if not os.path.exists(path):
+    logging.warning("%s: missing; the export ships no genre_vocab.json", path)
+    return None
+  return path
+
+
 def export(checkpoint, out, version=1, overwrite=False, name=None, flags_used=None,
-           genre_vocab=None, essentia=True):
-  """Writes every artifact to `out` (atomically); returns the export manifest (a dict)."""
+           tfrecord_dir=None, essentia=True):
+  """Writes every artifact to `out` (atomically); returns the export manifest (a dict).
+
+  The genre vocabulary comes from the run's own data folder (config.json), or from `tfrecord_dir`
+  when it holds the same preparation (see genre_vocab_of).
+  """
   model, run, weights = load_trained(checkpoint)
+  genre_vocab = genre_vocab_of(run, tfrecord_dir)
   name = name or os.path.basename(os.path.normpath(out))
   safeio.check_ours(out, (MANIFEST,), "export (--out)")
   if os.path.isdir(out) and os.listdir(out) and not overwrite:
@@ -243,7 +290,8 @@ def _exported_names(out):
 
 
 def _write_all(model, run, weights, out, name, version, genre_vocab, essentia):
-  tower = AudioTower(model)
+  frontend = frontend_of(run)
+  tower = AudioTower(model, frontend["level"])
   saved_model = os.path.join(out, "saved_model", str(version))
   tf.saved_model.save(tower, saved_model, signatures=signatures(tower))
   has_genres = tower.genre_encoder is not None
@@ -254,7 +302,7 @@ def _write_all(model, run, weights, out, name, version, genre_vocab, essentia):
     logging.warning("tensorflow-serving-api is not installed (pip install -e '.[serving]'): "
                     "no warm-up requests written")
     warmups = 0
-  waveform, patches = verification_inputs()
+  waveform, patches = verification_inputs(level=frontend["level"])
   keras_pre, keras_proj = model.audio_encoder(patches, training=False, return_pre_head=True)
   loaded = tf.saved_model.load(saved_model)
   sm_mel = loaded.signatures["serving_default"](mel=tf.constant(patches))
@@ -297,17 +345,19 @@ def _write_all(model, run, weights, out, name, version, genre_vocab, essentia):
         model.audio_encoder, os.path.join(out, "essentia"), f"tfcmir-{name}",
         {"version": str(version),
          "dataset": {"name": f"prepared shards {run['data']['tfrecord_dir']} "
-                             f"(fingerprint {run['data']['fingerprint'][:12]})"}})
+                             f"(fingerprint {run['data']['fingerprint'][:12]})"}},
+        level=frontend["level"])
     essentia_files = {"graph": os.path.relpath(pb, out), "metadata": os.path.relpath(meta, out)}
   if genre_vocab:
     shutil.copy(genre_vocab, os.path.join(out, "genre_vocab.json"))
   with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
-    f.write(export_readme(name, version, model, has_genres))
+    f.write(export_readme(name, version, model, has_genres, frontend["level"]))
   return {"name": name, "version": version, "mode": run["model"]["mode"],
           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "checkpoint": os.path.abspath(weights), "model": run["model"],
           "embedding_dim": int(keras_pre.shape[-1]), "projection_dim": int(keras_proj.shape[-1]),
-          "patch_frames": PATCH_FRAMES, "sample_rate": audio.SAMPLE_RATE,
+          "patch_frames": PATCH_FRAMES, "sample_rate": audio.SAMPLE_RATE, "frontend": frontend,
+          "level_statistics": training_level_statistics(run),
           "signatures": sorted(signatures(tower)), "warmup_requests": warmups,
           "tflite": tflite_files, "tflite_not_written": not_written, "essentia": essentia_files,
           "verification": checks,
@@ -315,11 +365,14 @@ def _write_all(model, run, weights, out, name, version, genre_vocab, essentia):
                        "keras": keras.__version__, "numpy": np.__version__}}
 
 
-def export_readme(name, version, model, has_genres):
+def export_readme(name, version, model, has_genres, level=audio.DEFAULT_LEVEL):
+  window = "normalized=True, Essentia's default" if audio.LEVELS[level] else (
+      "normalized=False, the authors' extraction: 84.25 dB above Essentia's default")
   return f"""# {name}: tfcmir audio encoder
 
 Trained with tfcmir ({model.mode}). Input: 48-band mel patches of 256 frames (16 kHz, frame 512, hop
-256, Essentia's Melon front end), or 16 kHz mono waveforms. `embedding` is the pre-head vector the
+256, Essentia's Melon front end, level convention "{level}": Windowing({window})), or 16 kHz mono
+waveforms (the waveform signature and TFLite model compute that mel themselves). `embedding` is the pre-head vector the
 downstream tasks use; `projection` is the contrastive space shared with the genre tower.
 
 ## TensorFlow Serving
@@ -355,10 +408,9 @@ def main(argv):
   if not FLAGS.checkpoint:
     raise InputError("--checkpoint is required (a training run folder, e.g. runs/demo/contr_cf_g)")
   out = FLAGS.out or os.path.join(FLAGS.export_dir, os.path.basename(os.path.normpath(FLAGS.checkpoint)))
-  vocab = os.path.join(FLAGS.tfrecord_dir, "genre_vocab.json")
   manifest = export(FLAGS.checkpoint, out, FLAGS.export_version, FLAGS.overwrite,
                     flags_used=tfcmir_flags.resolved(),
-                    genre_vocab=vocab if os.path.exists(vocab) else None)
+                    tfrecord_dir=FLAGS.tfrecord_dir if FLAGS["tfrecord_dir"].present else None)
   print(f"exported {manifest['checkpoint']} -> {out}")
   print("| check | value |\n|---|---|")
   for key, value in manifest["verification"].items():

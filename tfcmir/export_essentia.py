@@ -86,7 +86,16 @@ FRONT_END = {
     "patch_size": PATCH_FRAMES,
     "patch_hop_size": PATCH_HOP,
     "essentia_chain": ESSENTIA_CHAIN,
+    "level": audio.DEFAULT_LEVEL,
 }
+
+
+def front_end(level=audio.DEFAULT_LEVEL):
+  """FRONT_END for a level convention (tfcmir/levels.py): the window normalisation the mels used."""
+  normalized = audio.LEVELS[audio.check_level(level)]
+  chain = ESSENTIA_CHAIN.replace("Windowing(type='hann')",
+                                 f"Windowing(type='hann', normalized={normalized})")
+  return dict(FRONT_END, window_normalized=normalized, level=level, essentia_chain=chain)
 
 # The venue (IEEE SPL 28, arXiv 2104.00437) is not in paper.txt: check it before a public release.
 CITATION = """@article{ferraro2021enriched,
@@ -163,7 +172,7 @@ def freeze_audio_encoder(audio_encoder):
   return graph_def, dims
 
 
-def write_essentia_model(audio_encoder, out_dir, name, metadata=None):
+def write_essentia_model(audio_encoder, out_dir, name, metadata=None, level=audio.DEFAULT_LEVEL):
   """Writes `<out_dir>/<name>.pb` (frozen graph) and `<out_dir>/<name>.json` (Essentia model card).
 
   Args:
@@ -175,6 +184,8 @@ def write_essentia_model(audio_encoder, out_dir, name, metadata=None):
       (`name`, `citation`, `size`, `metrics`), so `{"dataset": {"metrics": {...}}}` keeps the rest.
       `schema`, `framework`, `framework_version`, `model_types` and `front_end` describe the written
       graph and cannot be overridden.
+    level: the mel level convention the encoder was trained on ("essentia" or "authors"); the card's
+      `front_end` says which window normalisation to compute its input with.
 
   Returns:
     (pb_path, json_path). Both files are replaced atomically: a reader never sees a partial file.
@@ -187,7 +198,7 @@ def write_essentia_model(audio_encoder, out_dir, name, metadata=None):
     raise ValueError(f"metadata cannot override {sorted(protected)}: they describe the written graph")
 
   graph_def, dims = freeze_audio_encoder(audio_encoder)
-  card = model_card(name, dims, metadata)
+  card = model_card(name, dims, metadata, level)
 
   os.makedirs(out_dir, exist_ok=True)
   pb_path = os.path.join(out_dir, f"{name}.pb")
@@ -198,7 +209,7 @@ def write_essentia_model(audio_encoder, out_dir, name, metadata=None):
   return pb_path, json_path
 
 
-def model_card(name, dims, metadata=None):
+def model_card(name, dims, metadata=None, level=audio.DEFAULT_LEVEL):
   """The Essentia JSON model card for an exported encoder.
 
   Args:
@@ -248,7 +259,7 @@ def model_card(name, dims, metadata=None):
           "input_pool_shape": [batch, 1, PATCH_FRAMES, audio.NUM_BANDS],
           "squeeze": True,
       },
-      "front_end": dict(FRONT_END),
+      "front_end": front_end(level),
   }
   card.update(metadata)
   missing = [k for k in REQUIRED_KEYS if k not in card]

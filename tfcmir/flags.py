@@ -19,6 +19,11 @@ flags.DEFINE_integer("sample_rate", 16000, "Sample rate of the mel front end, Hz
 flags.DEFINE_integer("frame_size", 512, "STFT frame size, samples.", lower_bound=16)
 flags.DEFINE_integer("hop_size", 256, "STFT hop size, samples.", lower_bound=1)
 flags.DEFINE_integer("mel_bands", 48, "Mel bands (F_a).", lower_bound=1)
+flags.DEFINE_enum("mel_level", "auto", ["auto", "essentia", "authors"],
+                  "Prepare: the level convention of the corpus's mels: Essentia's Windowing "
+                  "normalized=True (essentia) or the authors' normalized=False (authors), 84.25 dB "
+                  "apart; auto detects it from the mels (tfcmir/levels.py), or, for a catalogue of "
+                  "audio, uses essentia. Every later step reads it from the data.")
 flags.DEFINE_integer("crop_frames", 256, "Frames per training crop and embedding patch (T_a).",
                      lower_bound=1)
 
@@ -45,7 +50,8 @@ flags.DEFINE_integer("warp_negatives", 40, "WARP negatives sampled per positive 
 flags.DEFINE_float("warp_learning_rate", 0.05, "WARP Adagrad learning rate (authors: 0.05).",
                    lower_bound=0.0)
 flags.DEFINE_integer("shard_mb", 128, "Upper bound on a TFRecord shard's size, MiB.", lower_bound=1)
-flags.DEFINE_bool("strict", False, "Stop at the first bad input instead of reporting and skipping it.")
+flags.DEFINE_bool("strict", False, "Stop at the first bad input instead of reporting and skipping it "
+                  "(embed, evaluate: also an audio file whose mel level is off the training mels').")
 flags.DEFINE_enum("verify_shards", "size", ["none", "size", "checksum", "records"],
                   "How readers check shards against the manifest before reading them.")
 
@@ -53,7 +59,9 @@ flags.DEFINE_enum("verify_shards", "size", ["none", "size", "checksum", "records
 flags.DEFINE_list("conv_channels", ["128", "128", "256", "256", "256", "256", "512"],
                   "Channels of the Z conv blocks of the audio encoder (authors' code).")
 flags.DEFINE_integer("kernel_size", 3, "Square kernel of the conv blocks (K).", lower_bound=1)
-flags.DEFINE_integer("hidden_dim", 512, "Hidden width of the feed-forward heads (authors' code).",
+flags.DEFINE_integer("hidden_dim", 512, "Hidden width of the feed-forward heads, FF_a1 and FF_cf1 "
+                     "(ours: 512 for both, the width of the authors' audio head; the authors' CF head "
+                     "is 301 -> 128, dropout 0.3, -> 128, with the LightFM item bias as a 301st input).",
                      lower_bound=1)
 flags.DEFINE_integer("embedding_dim", 128, "Size of the shared contrastive space (authors' code).",
                      lower_bound=1)
@@ -74,6 +82,10 @@ flags.DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=2)
 flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.", lower_bound=0.0)
 flags.DEFINE_float("weight_decay", 1e-4, "Weight decay (paper silent; authors' code uses 1e-4).",
                    lower_bound=0.0)
+flags.DEFINE_enum("weight_decay_form", "l2", ["l2", "decoupled", "none"],
+                  "How --weight_decay acts: l2 adds weight_decay * w to the gradient before Adam's "
+                  "moments (the authors' torch Adam(weight_decay=)); decoupled is Keras' AdamW-style "
+                  "shrink by lr * weight_decay a step (1e-8 at the paper's lr: effectively off).")
 flags.DEFINE_integer("epochs", 100, "Training epochs (paper silent).", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Random seed of every step (split, generator, training).")
 

@@ -22,11 +22,9 @@ import math
 import os
 import re
 import shutil
-import sys
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 from tensorflow.core.framework import summary_pb2
@@ -117,13 +115,54 @@ _LOST_PEER = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.er
 
 
 def set_precision(mixed):
-  """bfloat16 on CPUs, float16 (with loss scaling) on GPUs; variables and losses stay float32."""
+  """bfloat16 on CPUs, float16 (with loss scaling) on GPUs; variables and losses stay float32.
+
+  `mixed`: False, True (the device decides), or a Keras policy name to force one (tests).
+  """
   if not mixed:
     keras.mixed_precision.set_global_policy("float32")
     return "float32"
-  policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+  policy = mixed if isinstance(mixed, str) else (
+      "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16")
   keras.mixed_precision.set_global_policy(policy)
   return policy
+
+
+@keras.saving.register_keras_serializable(package="tfcmir")
+class AdamL2(keras.optimizers.Adam):
+  """Adam with L2 weight decay as torch's Adam(weight_decay=l2) does it: l2 * w joins the gradient
+  before the moments (the authors' optimizer), unlike Keras' decoupled `weight_decay`, which at the
+  paper's lr 1e-4 shrinks weights by only lr * 1e-4 = 1e-8 a step.
+
+  Added in `update_step`, which sees each variable's gradient after the replicas' gradients are
+  combined (and after loss-scale unscaling), so the decay does not scale with the replica count.
+  """
+
+  def __init__(self, l2=0.0, **kwargs):
+    super().__init__(**kwargs)
+    self.l2 = float(l2)
+
+  def update_step(self, gradient, variable, learning_rate):
+    if self.l2:
+      gradient = gradient + self.l2 * keras.ops.cast(variable, gradient.dtype)
+    super().update_step(gradient, variable, learning_rate)
+
+  def get_config(self):
+    return dict(super().get_config(), l2=self.l2)
+
+
+WEIGHT_DECAY_FORMS = ("l2", "decoupled", "none")
+
+
+def make_optimizer(learning_rate, weight_decay, form="l2"):
+  """Adam with `weight_decay` in the authors' L2 form, Keras' decoupled form, or none."""
+  if form not in WEIGHT_DECAY_FORMS:
+    raise InputError(f"weight decay form must be one of {WEIGHT_DECAY_FORMS}, got {form!r}")
+  if form == "l2" and weight_decay:
+    return AdamL2(l2=weight_decay, learning_rate=learning_rate)
+  if form == "decoupled" and weight_decay:
+    return keras.optimizers.Adam(learning_rate, weight_decay=weight_decay)
+  return keras.optimizers.Adam(learning_rate)
 
 
 def _write_atomic(path, write):
@@ -231,6 +270,14 @@ def _corrupt_shard(tfrecord_dir, err):
   return InputError(f"{tfrecord_dir}: a shard could not be read during training ({first})")
 
 
+def frontend_of(manifest):
+  """The front-end kwargs (tfcmir.audio) that made, or match, a preparation's mels: its level.
+
+  Manifests from before the level was recorded hold mels of the front end's default.
+  """
+  return {"level": manifest.get("mel_level", {}).get("level", "essentia")}
+
+
 def _check_run(model_dir, config, overwrite):
   safeio.check_ours(model_dir, ("config.json",), "training run (--model_dir)")
   safeio.clean_leftovers(model_dir)
@@ -250,7 +297,8 @@ def _check_run(model_dir, config, overwrite):
 def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_rate, weight_decay,
           seed=0, steps_per_epoch=0, early_stopping=0, checkpoint_steps=0, keep_checkpoints=3,
           shuffle_buffer=2048, jit_compile=False, mixed_precision=False, overwrite=False,
-          flags_used=None, verbose="auto", worker_timeout_s=0, verify_shards="size"):
+          flags_used=None, verbose="auto", worker_timeout_s=0, verify_shards="size",
+          weight_decay_form="l2"):
   """Trains; returns a summary dict. Flag-free: tests and other entry points call it directly.
 
   Under a multi-worker TF_CONFIG every worker runs this with the same arguments; `batch_size` is the
@@ -268,7 +316,7 @@ def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_ra
     _check_run(model_dir, {"model": model_config,
                            "data": {"tfrecord_dir": os.path.abspath(tfrecord_dir),
                                     "fingerprint": manifest["fingerprint"]},
-                           "flags": flags_used or {}}, overwrite)
+                           "frontend": frontend_of(manifest), "flags": flags_used or {}}, overwrite)
   keras.utils.set_random_seed(seed)
   policy = set_precision(mixed_precision)
   strategy = make_strategy(cluster, worker_timeout_s)
@@ -309,8 +357,12 @@ def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_ra
                                                         verify="none"))))
     except tf.errors.DataLossError as err:
       raise _corrupt_shard(tfrecord_dir, err) from err
-    optimizer = keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None)
-    model.compile(optimizer=optimizer, jit_compile=jit_compile)
+    model.compile(optimizer=make_optimizer(learning_rate, weight_decay, weight_decay_form),
+                  jit_compile=jit_compile)
+    # The optimizer the model really uses: under mixed_float16 compile wraps Adam in a
+    # LossScaleOptimizer. Built here (not by fit's first batch, a symbolic build whose dict-batch
+    # reduce fails under multi-worker) and checkpointed, so the dynamic loss scale survives a resume.
+    optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
     checkpoint = make_checkpoint(model, optimizer)
   # Every worker saves (a save may read variables collectively), each into its own folder; all of them
@@ -393,10 +445,20 @@ def run():
                   FLAGS.early_stopping, FLAGS.checkpoint_steps, FLAGS.keep_checkpoints,
                   FLAGS.shuffle_buffer, FLAGS.jit_compile, FLAGS.mixed_precision, FLAGS.overwrite,
                   tfcmir_flags.resolved(), worker_timeout_s=FLAGS.worker_timeout_s,
-                  verify_shards=FLAGS.verify_shards)
+                  verify_shards=FLAGS.verify_shards, weight_decay_form=FLAGS.weight_decay_form)
   if not summary["chief"]:
     return summary, None  # the chief reports for the cluster
-  return summary, probe.held_out_genre_probe(summary["model"], config, tfrecord_dir, seed=FLAGS.seed)
+  return summary, genre_probe(summary["model"], config, tfrecord_dir, manifest, model_dir, FLAGS.seed)
+
+
+def genre_probe(model, config, tfrecord_dir, manifest, model_dir, seed=0):
+  """The held-out genre probe on the best weights (those export ships), or {'skipped': reason}."""
+  if not manifest["counts"]["songs"].get("test"):
+    return {"skipped": "the test split is empty"}
+  best = os.path.join(model_dir, "best.weights.h5")
+  if os.path.exists(best):
+    model.load_weights(best)
+  return probe.held_out_genre_probe(model, config, tfrecord_dir, seed=seed)
 
 
 def main(argv):
@@ -414,7 +476,9 @@ def format_summary(summary, result=None):
   if summary["best_val_loss"] is not None:
     lines.append(f"best validation loss {summary['best_val_loss']:.4f} at epoch "
                  f"{summary['best_epoch']} (best.weights.h5)")
-  if result:
+  if result and "skipped" in result:
+    lines.append(f"genre probe skipped: {result['skipped']}")
+  elif result:
     lines.append(f"held-out test songs, genre from audio embeddings (logistic regression, 5-fold): "
                  f"trained {result['trained']:.3f}, untrained {result['untrained']:.3f}, "
                  f"chance {result['chance']:.3f}")

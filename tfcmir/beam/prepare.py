@@ -68,8 +68,9 @@ def entry_from_json(line):
 class SongToRecord(beam.DoFn):
   """A work item -> (split, serialized record); its problems to the 'problems' output."""
 
-  def __init__(self, bands, crop_frames, strict):
+  def __init__(self, bands, crop_frames, strict, mel_level="essentia"):
     super().__init__()
+    self._mel_level = mel_level
     self._bands = bands
     self._crop_frames = crop_frames
     self._strict = strict
@@ -77,7 +78,8 @@ class SongToRecord(beam.DoFn):
   def process(self, line):
     entry = entry_from_json(line)
     problems = Problems(strict=self._strict)  # strict: raises InputError, which fails the run
-    serialized = shards.song_example(entry, self._bands, self._crop_frames, problems)
+    serialized = shards.song_example(entry, self._bands, self._crop_frames, problems,
+                                     self._mel_level)
     for kind, count in problems.counts.items():
       yield beam.pvalue.TaggedOutput(PROBLEMS, (kind, count, problems.examples[kind]))
     if serialized is not None:
@@ -154,12 +156,13 @@ def shard_counts(entries, songs_per_shard):
   return {split: -(-sizes[split] // songs_per_shard) for split in SPLITS if sizes[split]}
 
 
-def build(pipeline, songs_file, out_dir, work_dir, counts, bands, crop_frames, strict):
+def build(pipeline, songs_file, out_dir, work_dir, counts, bands, crop_frames, strict,
+          mel_level="essentia"):
   """Adds the preparation to `pipeline`; outputs land in `out_dir` and its reports in `work_dir`."""
   results = (pipeline
              | "ReadSongs" >> beam.io.ReadFromText(songs_file)
              | "Spread" >> beam.Reshuffle()
-             | "SongToRecord" >> beam.ParDo(SongToRecord(bands, crop_frames, strict)).with_outputs(
+             | "SongToRecord" >> beam.ParDo(SongToRecord(bands, crop_frames, strict, mel_level)).with_outputs(
                  PROBLEMS, main="records"))
   by_split = results.records | "BySplit" >> beam.Partition(lambda kv, n: SPLITS.index(kv[0]),
                                                             len(SPLITS))
@@ -208,7 +211,8 @@ class BeamShardWriter:
       print(f"beam: {len(entries)} songs -> {sum(counts.values())} shards on "
             f"{options_lib.runner_name(self.options)} ...", flush=True)
     pipeline = beam.Pipeline(options=self.options)
-    build(pipeline, songs_file, out_dir, work_dir, counts, config.bands, config.crop_frames, strict)
+    build(pipeline, songs_file, out_dir, work_dir, counts, config.bands, config.crop_frames, strict,
+          config.mel_level)
     options_lib.run(pipeline, self.timeout_s)
 
     with open(os.path.join(work_dir, "shards.jsonl"), encoding="utf-8") as f:

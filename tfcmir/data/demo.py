@@ -26,7 +26,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import sys
 import time
 
 import numpy as np

@@ -28,11 +28,15 @@ PAPER_NAMES = {"contr_cf_g": "Contr_CF-G", "contr_g": "Contr_G", "contr_cf": "Co
                "bline_g": "B-line_G", "bline_cf": "B-line_CF", "bline_cf_g": "B-line_CF-G"}
 
 
-def load_encoders(export_dirs):
-  """{row label: embed.Encoder}; rows are named after the paper's models when the mode says which."""
+def load_encoders(export_dirs, strict=False):
+  """{row label: embed.Encoder}; rows are named after the paper's models when the mode says which.
+
+  Each encoder computes mels in its model's level convention and checks them against its training
+  mels (`strict`: an off-distribution file stops the run instead of a warning).
+  """
   encoders = {}
   for export_dir in export_dirs:
-    encoder = embed.Encoder(export_dir)
+    encoder = embed.Encoder(export_dir, strict=strict)
     label = PAPER_NAMES.get(encoder.manifest.get("mode"), os.path.basename(export_dir))
     if label in encoders:
       label = f"{label} ({os.path.basename(os.path.normpath(export_dir))})"
@@ -138,11 +142,15 @@ def _slug(label):
 
 def evaluate(tasks, export_dirs, out_dir, gtzan_dir=None, jamendo_dir=None, jamendo_split=0,
              melon_dir=None, mel_dir=None, split_file=None, repetitions=10, seed=0,
-             continuation_k=100, search=None):
-  """Runs the tasks on every export; returns {task: Markdown table} and writes the reports."""
+             continuation_k=100, search=None, strict=False):
+  """Runs the tasks on every export; returns {task: Markdown table} and writes the reports.
+
+  `strict`: an audio file whose mel level is far from the training mels' stops the run (else a
+  warning names it; tfcmir/levels.py).
+  """
   if not export_dirs:
     raise InputError("--models is required: one or more export folders (exports/NAME)")
-  encoders = load_encoders(export_dirs)
+  encoders = load_encoders(export_dirs, strict)
   os.makedirs(out_dir, exist_ok=True)
   tables, timings = {}, {}
   for task in tasks:
@@ -179,6 +187,6 @@ def main(argv):
   tables = evaluate(tasks, FLAGS.models, FLAGS.out or FLAGS.eval_dir, FLAGS.gtzan_dir,
                     FLAGS.jamendo_dir, FLAGS.jamendo_split, FLAGS.melon_dir, FLAGS.melon_mel_dir,
                     os.path.join(FLAGS.tfrecord_dir, "split.json"), FLAGS.eval_repetitions,
-                    FLAGS.seed, FLAGS.continuation_k, search_flags())
+                    FLAGS.seed, FLAGS.continuation_k, search_flags(), FLAGS.strict)
   for task, table in tables.items():
     print(f"\n{task}\n{table}")

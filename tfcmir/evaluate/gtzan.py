@@ -9,7 +9,9 @@ Decisions the paper leaves open, made here:
   * Features are standardised with the mean and deviation of the training patches.
   * The validation split does model selection: the MLP trains epoch by epoch (Adam, `partial_fit`) and
     the epoch with the best validation track accuracy is kept (ties: lower validation patch log-loss);
-    training stops `patience` epochs after the last improvement.
+    training stops `patience` epochs after the last improvement. scikit-learn re-seeds its shuffle
+    from `random_state` on every `partial_fit`, so each epoch would see the same batch order: the
+    patches are permuted before each epoch by a generator seeded once per run.
   * Vote ties go to the tied class with the highest summed patch probability.
   * A listed track without an embedding (an unreadable file `embed_files` skipped) is left out and
     counted in the result's "skipped"; an empty split is an error.
@@ -107,9 +109,11 @@ def _train(x, y, val, classes, seed, max_epochs, patience):
   x_val, y_val, owner_val, labels_val = val
   clf = MLPClassifier(hidden_layer_sizes=(256,), activation="relu", solver="adam",
                       batch_size=min(200, len(x)), random_state=seed)
+  order_rng = np.random.default_rng(seed)
   best, best_score, best_epoch = None, None, 0
   for epoch in range(1, max_epochs + 1):
-    clf.partial_fit(x, y, classes=classes)
+    order = order_rng.permutation(len(x))
+    clf.partial_fit(x[order], y[order], classes=classes)
     predicted, probabilities = _track_predictions(clf, x_val, owner_val, len(labels_val))
     score = (np.mean(predicted == labels_val), -log_loss(y_val, probabilities, labels=classes))
     if best_score is None or score > best_score:

@@ -271,13 +271,18 @@ class CFEncoder(keras.layers.Layer):
 
   Dense(hidden) -> ReLU -> Dropout(p) -> Dense(embedding) -> LayerNorm(1e-6).
 
+  Ours: F_cf -> 512, dropout 0.5 (the shared --hidden_dim and --dropout) -> 128. The authors' CF head
+  is 301 -> 128, dropout 0.3, -> 128 (their 300 factors plus LightFM's item bias); pass
+  hidden_dim=128, dropout=0.3 for theirs.
+
   Args:
     hidden_dim: width of FF_cf1.
     embedding_dim: width of FF_cf2, the contrastive space.
     dropout: p.
 
   Call args:
-    factors: float (batch, F_cf) WARP item factors (301 with the item bias, as the authors).
+    factors: float (batch, F_cf) WARP item factors, F_cf = 300 (--cf_dim); the item bias is not
+      appended (the authors' input is 301 wide: factors plus bias).
     training: whether dropout is active.
 
   Returns:

@@ -25,6 +25,8 @@ def embed_split(audio_encoder, tfrecord_dir, split="test", batch_size=64):
     pre_head, _ = audio_encoder(batch["mel"], training=False, return_pre_head=True)
     embeddings.append(np.asarray(pre_head))
     labels.append(batch["genres"].numpy()[:, 0])  # main genres come first
+  if not embeddings:
+    return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
   return np.concatenate(embeddings), np.concatenate(labels)
 
 
@@ -38,9 +40,26 @@ def genre_accuracy(x, y, seed=0):
   return float(np.mean(cross_val_score(model, x, y, cv=folds)))
 
 
+MIN_SONGS_PER_GENRE = 5  # one per cross-validation fold
+
+
+def probe_problem(y):
+  """Why the probe cannot run on these labels (a one-line reason), or None."""
+  values, counts = np.unique(y, return_counts=True)
+  usable = int(np.sum(counts >= MIN_SONGS_PER_GENRE))
+  if usable < 2:
+    return (f"{len(y)} songs, {usable} genre(s) with >= {MIN_SONGS_PER_GENRE} songs; the 5-fold "
+            "probe needs two")
+  return None
+
+
 def held_out_genre_probe(model, config, tfrecord_dir, split="test", seed=0):
-  """{'trained', 'untrained', 'chance'} genre accuracies on `split` (songs unseen in training)."""
+  """{'trained', 'untrained', 'chance'} genre accuracies on `split` (songs unseen in training), or
+  {'skipped': reason} when the split is too small for the probe."""
   x, y = embed_split(model.audio_encoder, tfrecord_dir, split)
+  problem = probe_problem(y)
+  if problem:
+    return {"skipped": f"{split} split: {problem}", "songs": int(len(y))}
   untrained = contrastive.build_model(config)
   x0, _ = embed_split(untrained.audio_encoder, tfrecord_dir, split)
   _, counts = np.unique(y, return_counts=True)

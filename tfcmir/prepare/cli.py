@@ -59,6 +59,11 @@ def summary(out, manifest):
   lines.append(f"genres: {manifest['genres']['vocabulary']} codes, Word2Vec dim "
                f"{manifest['genres']['dim']}; WARP: {w['songs_in_matrix']} songs x {w['playlists']} "
                f"playlists, {w['memberships']} memberships, dim {w['dim']}")
+  level = manifest.get("mel_level", {})
+  if level:
+    lines.append(f"mel level convention: {level['level']} ({level['how']}"
+                 + (f", median frame level {level['statistics']['frame_level_db']:.1f} dB"
+                    if level.get("statistics") else "") + ")")
   lines.append(f"mels shorter than the crop (padded when read): {c['short_mel']}")
   problems = manifest["problems"]["counts"]
   lines.append("input problems: " + (", ".join(f"{k} {v}" for k, v in problems.items()) or "none"))
@@ -77,7 +82,8 @@ def run(out, shard_writer=None):
             "catalogue_playlists": FLAGS.catalogue_playlists}
   return steps.prepare(corpus, out, config_from_flags(), FLAGS.workers, FLAGS.overwrite,
                        FLAGS.strict, progress=True, flags_used=tfcmir_flags.resolved(),
-                       source={k: v for k, v in source.items() if v}, shard_writer=shard_writer)
+                       source={k: v for k, v in source.items() if v}, shard_writer=shard_writer,
+                       mel_level_flag=FLAGS.mel_level)
 
 
 def main(argv):

@@ -42,13 +42,14 @@ class ShardTask:
   bands: int
   crop_frames: int
   strict: bool
+  mel_level: str = "essentia"  # the front end's window normalisation for audio songs (tfcmir/levels.py)
 
 
 def shard_name(split, index, count):
   return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
 
 
-def plan(entries, songs_per_shard, out_dir, bands, crop_frames, strict):
+def plan(entries, songs_per_shard, out_dir, bands, crop_frames, strict, mel_level="essentia"):
   """Groups entries by split (train, val, test order) into shards of at most `songs_per_shard`."""
   tasks = []
   for split in ("train", "val", "test"):
@@ -56,7 +57,8 @@ def plan(entries, songs_per_shard, out_dir, bands, crop_frames, strict):
     count = max(1, -(-len(items) // songs_per_shard)) if items else 0
     for i in range(count):
       chunk = tuple(items[i * songs_per_shard:(i + 1) * songs_per_shard])
-      tasks.append(ShardTask(shard_name(split, i, count), chunk, out_dir, bands, crop_frames, strict))
+      tasks.append(ShardTask(shard_name(split, i, count), chunk, out_dir, bands, crop_frames, strict,
+                             mel_level))
   return tasks
 
 
@@ -64,17 +66,17 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 sha256_file = safeio.sha256_file  # the name the pipeline and tests know
 
 
-def _song_mel(entry, bands):
+def _song_mel(entry, bands, mel_level="essentia"):
   if entry.mel_path is not None:
     return load_mel(entry.mel_path, bands)
   from tfcmir import audio  # catalogue songs: the project's own front end
   try:
-    return audio.file_to_mel(entry.audio_path)
+    return audio.file_to_mel(entry.audio_path, level=mel_level)
   except audio.AudioError as err:
     raise InputError(str(err)) from err
 
 
-def song_example(entry, bands, crop_frames, problems):
+def song_example(entry, bands, crop_frames, problems, mel_level="essentia"):
   """One song -> its serialized record, or None if its mel or audio is unusable.
 
   The one per-song step of every shard writer (this module's and tfcmir.beam.prepare's), so both write
@@ -84,7 +86,7 @@ def song_example(entry, bands, crop_frames, problems):
   from tfcmir.prepare import records
 
   try:
-    mel = _song_mel(entry, bands)
+    mel = _song_mel(entry, bands, mel_level)
   except InputError as err:
     problems.report("bad_mel" if entry.mel_path else "bad_audio", str(err))
     return None
@@ -112,7 +114,7 @@ def write_shard(task):
   written = 0
   with tf.io.TFRecordWriter(temporary) as writer:
     for entry in task.entries:
-      serialized = song_example(entry, task.bands, task.crop_frames, problems)
+      serialized = song_example(entry, task.bands, task.crop_frames, problems, task.mel_level)
       if serialized is not None:
         writer.write(serialized)
         written += 1

@@ -49,12 +49,16 @@ class PrepareConfig:
   shard_mb: int = 128
   bands: int = 48
   crop_frames: int = 256
+  mel_level: str = "essentia"  # the level convention of the mels (tfcmir/levels.py); set by prepare
 
 
 def fingerprint(corpus, config):
   """sha256 of what the outputs depend on: songs, genres, playlists and settings."""
   h = hashlib.sha256()
-  h.update(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+  settings = dataclasses.asdict(config)
+  if settings["mel_level"] == "essentia":  # what every preparation before the level was recorded had
+    del settings["mel_level"]
+  h.update(json.dumps(settings, sort_keys=True).encode())
   for s in corpus.songs:
     h.update(f"{s.song_id}|{','.join(s.genres)}|{s.mel_path}|{s.audio_path}\n".encode())
   for p in corpus.playlists:
@@ -174,15 +178,43 @@ def songs_per_shard(corpus, config):
   return max(1, int(config.shard_mb * 2 ** 20 // per_song))
 
 
+LEVEL_SAMPLE = 24  # mel files measured to detect the level convention
+
+
+def mel_level(corpus, requested="auto", bands=48):
+  """The corpus's level convention: (level, how it was chosen, statistics or None). See levels.py.
+
+  Measures up to LEVEL_SAMPLE mel files spread over the corpus; unreadable ones are left to the
+  shard writers, which report them.
+  """
+  from tfcmir import levels
+  from tfcmir.data.corpus import load_mel
+
+  with_mel = [s.mel_path for s in corpus.songs if s.mel_path]
+  picked = with_mel[::max(1, len(with_mel) // LEVEL_SAMPLE)][:LEVEL_SAMPLE]
+  mels = []
+  for path in picked:
+    try:
+      mels.append(load_mel(path, bands))
+    except InputError:
+      continue
+  return levels.resolve(requested, mels, f"{corpus.name} mels ({len(mels)} files measured)")
+
+
 def prepare(corpus, out_dir, config=PrepareConfig(), workers=2, overwrite=False, strict=False,
-            progress=True, flags_used=None, source=None, shard_writer=None):
+            progress=True, flags_used=None, source=None, shard_writer=None, mel_level_flag="auto"):
   """Prepares `corpus` into `out_dir`; returns the manifest (a dict).
 
   `shard_writer`, if given, writes the shards instead of this module's worker pool (e.g.
   tfcmir.beam.prepare.BeamShardWriter): called as `shard_writer(entries, songs_per_shard, out_dir,
   config, strict, problems)`, it writes the records of `shards.song_example`, adds the song-level
   problems to `problems`, and returns (shard records, shards reused) as `shards.write_all` does.
+
+  `mel_level_flag`: auto (detect the level convention from the corpus's mels), essentia or authors;
+  the result goes into `config.mel_level` (so into the fingerprint) and the manifest.
   """
+  level, level_how, level_stats = mel_level(corpus, mel_level_flag, config.bands)
+  config = dataclasses.replace(config, mel_level=level)
   os.makedirs(out_dir, exist_ok=True)
   key = fingerprint(corpus, config)
   state_path = os.path.join(out_dir, STATE)
@@ -217,7 +249,7 @@ def prepare(corpus, out_dir, config=PrepareConfig(), workers=2, overwrite=False,
   shard_started = time.time()
   if shard_writer is None:
     tasks = shards.plan(entries, songs_per_shard(corpus, config), out_dir, config.bands,
-                        config.crop_frames, strict)
+                        config.crop_frames, strict, config.mel_level)
     written, skipped = shards.write_all(tasks, workers, progress)
   else:
     written, skipped = shard_writer(entries, songs_per_shard(corpus, config), out_dir, config, strict,
@@ -239,7 +271,9 @@ def prepare(corpus, out_dir, config=PrepareConfig(), workers=2, overwrite=False,
       "fingerprint": key,
       "config": dataclasses.asdict(config),
       "flags": flags_used or {},
-      "schema": {"mel": {"dtype": "float16", "layout": "frames x bands (time-major)"},
+      "mel_level": {"level": level, "how": level_how, "statistics": level_stats},
+      "schema": {"mel": {"dtype": "float16", "layout": "frames x bands (time-major)",
+                         "level": level},
                  "bands": config.bands, "max_genres": config.max_genres, "cf_dim": config.cf_dim,
                  "genres": {"dtype": "int64", "shape": [config.max_genres], "pad": genres_lib.PAD},
                  "cf": {"dtype": "float32", "shape": [config.cf_dim]}},

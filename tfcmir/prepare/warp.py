@@ -11,8 +11,9 @@ above s(u, p) - 1, where s(u, i) = <user_u, item_i> + bias_i. If the first viola
     log(max(1, rank)) * max(0, 1 - s(u, p) + s(u, violator)),
 which weighs the hinge by how far p is from the top. No violator in `max_sampled` draws: no loss.
 
-What matches LightFM: the weight (with its clip at 10, `MAX_WEIGHT`), skipping sampled songs that are
-in the playlist, initialisation (uniform(-0.5, 0.5) / dim factors, zero biases), Adagrad with
+What matches LightFM: the weight (with its clip at 10, `MAX_WEIGHT`), skipping violators that are in
+the playlist while still counting their draw in the rank estimate (LightFM's fit_warp increments
+`sampled` before it looks at the draw, then `continue`s past a positive), initialisation (uniform(-0.5, 0.5) / dim factors, zero biases), Adagrad with
 accumulators starting at 1 and the step taken before the gradient is accumulated, L2 as weight decay.
 
 What departs from LightFM, and why:
@@ -30,9 +31,9 @@ What departs from LightFM, and why:
   * Songs without any playlist (e.g. test songs held out for cold start) are not sampled as negatives
     and n in the rank estimate counts only songs with entries. LightFM would spend draws on them and
     push them down; their factors stay at the initialisation here, for the caller to replace.
-  * Sampled songs that are in the playlist are detected only among violators (`_POSITIVE_CHECKS`
-    rounds), not among all draws: with ~50 songs per playlist out of 649k a draw is a positive once
-    in ~13,000, so the other draws' positions are practically exact.
+  * Violators that are in the playlist are skipped for at most `_POSITIVE_CHECKS` rounds (LightFM
+    checks every violator): with ~50 songs per playlist out of 649k a draw is a positive once in
+    ~13,000, so more than a few in one positive's draws practically never happens.
   * User biases are returned as zeros: they cancel in every WARP difference (LightFM's update of them
     is a quirk that never affects the ranking).
 """
@@ -148,7 +149,6 @@ def _first_violators(user_aug, pos_scores, neg_aug, neg_ids, offsets, is_member)
   # order[b, j]: 0-based position of pool entry j in positive b's sample sequence.
   order = tf.math.floormod(tf.range(k)[None, :] - offsets[:, None], k)
   row_ids = tf.repeat(neg_ids, batch // groups, axis=0)  # (B, K)
-  skipped = tf.zeros([batch], tf.int32)
   for check in range(_POSITIVE_CHECKS + 1):
     key = tf.where(violates, order, k)
     first = tf.argmin(key, axis=1, output_type=tf.int32)
@@ -156,12 +156,12 @@ def _first_violators(user_aug, pos_scores, neg_aug, neg_ids, offsets, is_member)
     violator = tf.gather(row_ids, first, batch_dims=1)
     if is_member is None or check == _POSITIVE_CHECKS:
       break
-    # A sampled song that is in the playlist is no negative: LightFM draws again without counting it.
+    # A violator in the playlist is no negative: LightFM draws again, but its draw still counts in
+    # the position (`sampled` grows before the check), so the position is the draw's own index.
     hit = found & is_member(violator)
     violates &= ~(hit[:, None] & tf.equal(tf.range(k)[None, :], first[:, None]))
-    skipped += tf.cast(hit, tf.int32)
-  position = tf.gather(order, first, batch_dims=1) + 1 - skipped
-  return violator, tf.cast(tf.maximum(position, 1), tf.float32), found
+  position = tf.gather(order, first, batch_dims=1) + 1
+  return violator, tf.cast(position, tf.float32), found
 
 
 def _pair_loss(user_aug, pos_aug, viol_aug, weight):
@@ -192,7 +192,7 @@ def warp_batch_loss(user_factors, item_factors, item_bias, users, items, negativ
     offsets: int (B,) or None (zeros); positive b draws negatives[g, (offsets[b] + t) % K] for
       t = 0 .. K - 1.
     memberships: None, or scipy.sparse (n_items, n_users): violators that are members of the
-      playlist are skipped and not counted, as LightFM does.
+      playlist are skipped, their draws still counted in the rank estimate, as LightFM does.
 
   Returns:
     (loss float32 (B,), violator song id int32 (B,), -1 where no draw violates).
