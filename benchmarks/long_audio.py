@@ -79,9 +79,9 @@ def child(path, export_dir, mode):
   encoder = embed.Encoder(export_dir)
   encoder(np.zeros((1, 256, 48), np.float32))  # the first call's allocations belong to the baseline
   if mode == "whole":
-    def whole_patches(p):
+    def whole_patches(p, **frontend):
       waveform = audio.load_audio(p)
-      mel = audio.mel_spectrogram(waveform)
+      mel = audio.mel_spectrogram(waveform, **frontend)
       patches = np.asarray(audio.split_patches(mel[None], 256))[0]
       return patches, len(mel) < 256, len(waveform) / audio.SAMPLE_RATE
     embed.file_patches = whole_patches
