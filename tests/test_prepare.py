@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -288,18 +289,18 @@ def test_unknown_genres_and_playlist_songs_are_counted_and_named(tmp_path):
     melon.read_melon(root, problems=Problems(strict=True))
 
 
-@pytest.mark.parametrize("defect, message", [
-    ("shape", "mel has shape (40, 300), expected (48, frames)"),
-    ("nan", "NaN or Inf"),
-    ("garbage", "cannot read the mel file"),
-    ("empty", "cannot read the mel file"),  # a zero-byte .npy among the songs that size the shards
-    ("one_d", "mel has shape (14400,), expected (48, frames)"),  # flattened
-    ("huge", "beyond float16's"),  # -1e5 would be -inf in a float16 shard
-])
-def test_bad_mel_files_are_named_counted_and_skipped(tmp_path, defect, message):
-  root = str(tmp_path / "melon")
-  _tiny_melon(root)
-  path = mel_file(root, 7)
+# One song of each defect (song id: (defect, the message that names it)); one preparation meets them all.
+BAD_MELS = {
+    7: ("shape", "mel has shape (40, 300), expected (48, frames)"),
+    8: ("nan", "NaN or Inf"),
+    9: ("garbage", "cannot read the mel file"),
+    10: ("empty", "cannot read the mel file"),  # a zero-byte .npy among the songs that size the shards
+    11: ("one_d", "mel has shape (14400,), expected (48, frames)"),  # flattened
+    12: ("huge", "beyond float16's"),  # -1e5 would be -inf in a float16 shard
+}
+
+
+def _spoil(path, defect):
   if defect == "shape":
     np.save(path, np.zeros((40, 300), np.float32))
   elif defect in ("nan", "huge"):
@@ -312,17 +313,26 @@ def test_bad_mel_files_are_named_counted_and_skipped(tmp_path, defect, message):
     np.save(path, np.zeros(48 * 300, np.float32))
   else:
     open(path, "wb").write(b"not numpy")
+
+
+def test_bad_mel_files_are_named_counted_and_skipped(tmp_path):
+  root = str(tmp_path / "melon")
+  _tiny_melon(root)
+  for song_id, (defect, _) in BAD_MELS.items():
+    _spoil(mel_file(root, song_id), defect)
   corpus = melon.read_melon(root)
   # Only well-formed mels size the shards (a 1-D one used to make one-song shards).
   assert steps.songs_per_shard(corpus, FAST) == steps.songs_per_shard(
-      dataclasses.replace(corpus, songs=[s for s in corpus.songs if s.song_id != 7]), FAST)
-  out = str(tmp_path / "tfr")
-  manifest = steps.prepare(corpus, out, FAST, workers=1, progress=False)
-  assert manifest["problems"]["counts"]["bad_mel"] == 1
-  assert path in manifest["problems"]["examples"]["bad_mel"][0]
-  assert message in manifest["problems"]["examples"]["bad_mel"][0]
-  assert sum(manifest["counts"]["songs"].values()) == len(corpus.songs) - 1
-  with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+      dataclasses.replace(corpus, songs=[s for s in corpus.songs if s.song_id not in BAD_MELS]), FAST)
+  manifest = steps.prepare(corpus, str(tmp_path / "tfr"), FAST, workers=1, progress=False)
+  assert manifest["problems"]["counts"]["bad_mel"] == len(BAD_MELS)
+  examples = manifest["problems"]["examples"]["bad_mel"]
+  for song_id, (defect, message) in BAD_MELS.items():
+    named = [e for e in examples if mel_file(root, song_id) in e]
+    assert len(named) == 1 and message in named[0], (defect, examples)
+  assert sum(manifest["counts"]["songs"].values()) == len(corpus.songs) - len(BAD_MELS)
+  # Strict: the first bad song met stops the preparation, named with its own message.
+  with pytest.raises(InputError, match="|".join(re.escape(m) for _, m in BAD_MELS.values())):
     steps.prepare(corpus, str(tmp_path / "strict"), FAST, workers=1, progress=False, strict=True)
 
 
