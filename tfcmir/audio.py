@@ -67,6 +67,21 @@ def check_waveform(waveform, path="<waveform>", allow_silence=False):
   return waveform
 
 
+def _mix_to_mono(data):
+  """(samples, channels) float32 -> (samples,): the mean of the channels, as Essentia's MonoLoader.
+
+  Column sums are ~15x faster than numpy's mean over the short channel axis, and the same float32 sum
+  below 8 channels (numpy adds fewer than 8 values one after the other; from 8 on it sums pairwise).
+  """
+  if 1 < data.shape[1] < 8:
+    mono = data[:, 0].copy()
+    for channel in range(1, data.shape[1]):
+      mono += data[:, channel]
+    mono /= np.float32(data.shape[1])
+    return mono
+  return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+
+
 def load_audio(path, sample_rate=SAMPLE_RATE, allow_silence=False):
   """Decodes an audio file, mixes it to mono and resamples it.
 
@@ -92,16 +107,7 @@ def load_audio(path, sample_rate=SAMPLE_RATE, allow_silence=False):
     raise AudioError(path, f"cannot be decoded as audio ({err})") from err
   if data.shape[0] == 0:
     raise AudioError(path, "contains no audio samples (empty file)")
-  # Mix to mono the way Essentia's MonoLoader does: the mean of the channels. Column sums are ~15x
-  # faster than numpy's mean over the short channel axis, and the same float32 sum below 8 channels
-  # (numpy adds fewer than 8 values one after the other; from 8 on it sums pairwise).
-  if 1 < data.shape[1] < 8:
-    mono = data[:, 0].copy()
-    for channel in range(1, data.shape[1]):
-      mono += data[:, channel]
-    mono /= np.float32(data.shape[1])
-  else:
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+  mono = _mix_to_mono(data)
   check_waveform(mono, path, allow_silence=True)  # NaN first: soxr would smear it over the signal.
   if native_rate != sample_rate:
     mono = soxr.resample(mono, native_rate, sample_rate, quality="HQ").astype(np.float32)
@@ -302,13 +308,7 @@ def stream_audio(path, sample_rate=SAMPLE_RATE, block_seconds=STREAM_BLOCK_SECON
       except (sf.LibsndfileError, RuntimeError) as err:
         raise AudioError(path, f"cannot be decoded as audio ({err})") from err
       last = len(data) < block
-      if 1 < data.shape[1] < 8:  # load_audio's channel sum, for the same float32 values
-        mono = data[:, 0].copy()
-        for channel in range(1, data.shape[1]):
-          mono += data[:, channel]
-        mono /= np.float32(data.shape[1])
-      else:
-        mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+      mono = _mix_to_mono(data)  # load_audio's mix, for the same float32 values
       samples += len(mono)
       if len(mono) and not np.all(np.isfinite(mono)):
         raise AudioError(path, f"contains {int(np.sum(~np.isfinite(mono)))} non-finite samples "
