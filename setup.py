@@ -35,7 +35,7 @@ EXTRAS = {
     "beam": BEAM,
     "bench": ["implicit==0.7.3"],  # reference BPR for benchmarks/warp.py
     # Essentia's pip build is a pre-release; the exact pin lets pip take it without --pre.
-    "test": ["pytest>=8", "essentia-tensorflow==2.1b6.dev1389"] + SERVING + BEAM,  # tests/test_beam.py
+    "test": ["pytest>=8", "pytest-xdist==3.8.0", "essentia-tensorflow==2.1b6.dev1389"] + SERVING + BEAM,  # tests/test_beam.py
 }
 
 setup(

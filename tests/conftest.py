@@ -60,3 +60,19 @@ def small_prepared(small_demo, tmp_path_factory):
 def FAST_PREPARE():  # noqa: N802  (a constant, built lazily so conftest does not import TensorFlow)
   from tfcmir.prepare import steps
   return steps.PrepareConfig(seed=0, cf_dim=32, genre_dim=16, warp_epochs=5, shard_mb=8)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Files with slow tests first, the main job's first of all.
+
+  Under pytest-xdist (--dist loadfile) each process takes whole files in this order: the long ones start
+  at once, and the many short files fill in around them instead of leaving one process idle at the end.
+  """
+  slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+
+  def rank(item):
+    if item.path.name == "test_demo.py":
+      return 0
+    return 1 if item.path in slow_files else 2
+
+  items.sort(key=rank)  # stable: within a rank, the collection order

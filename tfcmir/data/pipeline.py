@@ -226,4 +226,13 @@ def dataset(tfrecord_dir, split, batch_size, crop_frames=256, training=True, see
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   ds = ds.map(lambda batch: dict(batch, mel=records.mel_from_bits(batch["mel"])))
-  return ds.prefetch(tf.data.AUTOTUNE)
+  ds = ds.prefetch(tf.data.AUTOTUNE)
+  if not training:
+    # Keras drops the validation iterator after every epoch, and deleting an iterator joins its
+    # autotuning thread, which blocked 1-10 s an epoch while the training pipeline kept the cores busy
+    # (measured on the demo). Without autotuning, AUTOTUNE means one call per core and the deletion is
+    # immediate; a read-once evaluation pipeline loses nothing by it.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    ds = ds.with_options(options)
+  return ds
