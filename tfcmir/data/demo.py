@@ -20,6 +20,7 @@ a complete DIR does nothing (use --overwrite to rebuild).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime
 import hashlib
@@ -77,9 +78,27 @@ def _render_task(task):
   return None
 
 
+def _keep_temporaries_on_the_heap():
+  """Lets glibc reuse the synthesis' ~1 MB temporaries instead of mapping fresh pages for each.
+
+  By default every array over 128 kB is mmap-ed and unmapped again, so each new one page-faults in
+  zeroed memory: that was 60 % of the render time (65 -> 26 ms a song when kept on the heap).
+  """
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+  except OSError:  # not glibc: nothing to tune
+    return
+  m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # malloc.h
+  libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
+  libc.mallopt(m_trim_threshold, 128 << 20)
+  libc.mallopt(m_top_pad, 16 << 20)
+
+
 def _pool(workers):
   # 'spawn': the parent holds TensorFlow's threads, which do not survive a fork.
-  return multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+  if workers <= 1:
+    return None
+  return multiprocessing.get_context("spawn").Pool(workers, initializer=_keep_temporaries_on_the_heap)
 
 
 def _imap(pool, tasks):
