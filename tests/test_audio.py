@@ -206,3 +206,13 @@ def test_authors_level_matches_essentia_unnormalized_window(tmp_path):
   assert np.allclose(shift, 40 * np.log10(255.5 / 2), atol=0.01)
   with pytest.raises(ValueError, match="natural_log"):
     audio.MelSpectrogram(level="natural_log")
+
+
+@pytest.mark.parametrize("frames", [1, 100, 255, 256, 257, 511, 600])
+def test_numpy_patches_equal_the_tensorflow_patches(frames):
+  """split_patches_numpy (evaluation loops) == split_patches (the exported graphs), padding included."""
+  mel = np.random.default_rng(frames).normal(-40, 10, (frames, 48)).astype(np.float32)
+  expected = np.asarray(audio.split_patches(mel[None], 256))[0]
+  got = audio.split_patches_numpy(mel, 256)
+  assert got.shape == expected.shape == (max(1, frames // 256), 256, 48)
+  np.testing.assert_array_equal(got, expected)

@@ -248,6 +248,20 @@ def split_patches(mel, patch_frames=256):
   return tf.reshape(mel, [tf.shape(mel)[0], count, patch_frames, mel.shape[-1] or NUM_BANDS])
 
 
+
+def split_patches_numpy(mel, patch_frames=256):
+  """`split_patches` of one (frames, bands) NumPy mel -> (patches, patch_frames, bands), without TensorFlow.
+
+  For loops over many files: the TensorFlow version costs a few eager ops per call, which was half the
+  time of embedding the demo's Melon mels.
+  """
+  mel = np.asarray(mel, np.float32)
+  if len(mel) < patch_frames:
+    mel = np.pad(mel, [(0, patch_frames - len(mel)), (0, 0)], constant_values=DB_FLOOR)
+  count = len(mel) // patch_frames
+  return mel[:count * patch_frames].reshape(count, patch_frames, mel.shape[-1])
+
+
 _MEL_LAYERS = {}
 
 

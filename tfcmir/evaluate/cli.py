@@ -108,7 +108,7 @@ def melon_track_embeddings(encoder, mel_dir, song_ids, batch_patches=256):
     path = mel_file(mel_dir, song_id)
     if not os.path.exists(path):
       continue
-    patches = np.asarray(audio.split_patches(load_mel(path)[None]))[0]
+    patches = audio.split_patches_numpy(load_mel(path))
     pending.append(patches)
     owners.append((song_id, len(patches)))
     if sum(len(p) for p in pending) >= batch_patches:

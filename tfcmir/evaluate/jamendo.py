@@ -128,43 +128,66 @@ def build_model(dim, n_tags, dropout=0.5, learning_rate=1e-3):
   return model
 
 
-def _run(data, seed, epochs, patience, batch_size, dropout):
-  """One training run; returns (test probabilities (N, T), epochs trained up to the best one).
+class _Tagger:
+  """The tagging MLP with its training and validation steps traced once, for every run of a category.
 
-  What `model.fit` with `EarlyStopping(restore_best_weights=True)` does (shuffled mini-batches, the last
-  one partial; validation loss after each epoch; best weights restored), with each epoch one compiled
-  graph call: at the demo's and tests' sizes `fit` spent ~100 ms per epoch on its own bookkeeping for a
-  few ms of arithmetic.
+  Each run starts from exactly the state a freshly built model would have (weights, BatchNorm
+  statistics and dropout seed from `keras.utils.set_random_seed(seed)`; zeroed Adam moments), so the
+  runs are those of `fit` with `EarlyStopping(restore_best_weights=True)` (shuffled mini-batches, the
+  last one partial; validation loss after each epoch; best weights restored), without retracing: a new
+  model per run cost ~1.2 s of tracing for ~1 s of arithmetic at the demo's size. Each epoch is one
+  compiled graph call, as `fit` spent ~100 ms per epoch on its own bookkeeping.
   """
-  import keras
+
+  def __init__(self, dim, n_tags, batch_size, dropout):
+    import keras
+    import tensorflow as tf
+    self.shape, self.dropout = (dim, n_tags), dropout
+    self.model = build_model(dim, n_tags, dropout)
+    variables = self.model.trainable_variables
+    self.model.optimizer.build(variables)
+    # Zeroed moments and step count, and the learning rate (a variable too): restored before each run.
+    self.optimizer_start = [v.numpy() for v in self.model.optimizer.variables]
+    loss_fn = keras.losses.BinaryCrossentropy()
+    model = self.model
+
+    @tf.function
+    def train_epoch(x, y, order):
+      for start in tf.range(0, tf.shape(order)[0], batch_size):
+        rows = order[start:start + batch_size]
+        with tf.GradientTape() as tape:
+          loss = loss_fn(tf.gather(y, rows), model(tf.gather(x, rows), training=True))
+        model.optimizer.apply(tape.gradient(loss, variables), variables)
+
+    @tf.function
+    def validation_loss(x, y):
+      return loss_fn(y, model(x, training=False))
+
+    self.train_epoch, self.validation_loss = train_epoch, validation_loss
+
+  def reset(self, seed):
+    import keras
+    keras.utils.set_random_seed(seed)
+    fresh = build_model(*self.shape, self.dropout)
+    for target, source in zip(self.model.variables, fresh.variables, strict=True):
+      target.assign(source)
+    for variable, value in zip(self.model.optimizer.variables, self.optimizer_start, strict=True):
+      variable.assign(value)
+
+
+def _run(tagger, data, seed, epochs, patience):
+  """One training run; returns (test probabilities (N, T), epochs trained up to the best one)."""
   import tensorflow as tf
-  keras.backend.clear_session()
-  keras.utils.set_random_seed(seed)  # weights and dropout follow this seed; shuffling follows `rng`
+  tagger.reset(seed)  # weights and dropout follow this seed; shuffling follows `rng`
   rng = np.random.default_rng(seed)
+  model = tagger.model
   (x_train, y_train), (x_val, y_val), (x_test, _) = data
-  model = build_model(x_train.shape[1], y_train.shape[1], dropout)
-  variables = model.trainable_variables
-  model.optimizer.build(variables)
-  loss_fn = keras.losses.BinaryCrossentropy()
   x, y = tf.constant(x_train, tf.float32), tf.constant(y_train, tf.float32)
   x_val, y_val = tf.constant(x_val, tf.float32), tf.constant(y_val, tf.float32)
-
-  @tf.function
-  def train_epoch(order):
-    for start in tf.range(0, tf.shape(order)[0], batch_size):
-      rows = order[start:start + batch_size]
-      with tf.GradientTape() as tape:
-        loss = loss_fn(tf.gather(y, rows), model(tf.gather(x, rows), training=True))
-      model.optimizer.apply(tape.gradient(loss, variables), variables)
-
-  @tf.function
-  def validation_loss():
-    return loss_fn(y_val, model(x_val, training=False))
-
   best_loss, best_epoch, best_weights = np.inf, 0, None
   for epoch in range(1, epochs + 1):
-    train_epoch(tf.constant(rng.permutation(len(x_train)), tf.int32))
-    loss = float(validation_loss())
+    tagger.train_epoch(x, y, tf.constant(rng.permutation(len(x_train)), tf.int32))
+    loss = float(tagger.validation_loss(x_val, y_val))
     if loss < best_loss:
       best_loss, best_epoch, best_weights = loss, epoch, model.get_weights()
     elif epoch - best_epoch >= patience:
@@ -204,8 +227,11 @@ def evaluate_jamendo(track_embeddings, splits, repetitions=10, seed=0, epochs=20
   if not len(scored):
     raise InputError("no tag has both positive and negative tracks in the Jamendo test split")
   roc, pr, best_epochs = [], [], []
+  import keras
+  keras.backend.clear_session()  # the taggers of earlier categories and exports
+  tagger = _Tagger(data[0][0].shape[1], data[0][1].shape[1], batch_size, dropout)
   for r in range(repetitions):
-    probabilities, best_epoch = _run(data, seed + r, epochs, patience, batch_size, dropout)
+    probabilities, best_epoch = _run(tagger, data, seed + r, epochs, patience)
     roc.append(float(roc_auc_score(y_test[:, scored], probabilities[:, scored], average="macro")))
     pr.append(float(average_precision_score(y_test[:, scored], probabilities[:, scored], average="macro")))
     best_epochs.append(best_epoch)
