@@ -149,6 +149,16 @@ def test_onnx_runs_without_tensorflow_and_matches(exported, tmp_path):
   assert [got[f"patch_embeddings_{i}"].shape[:2] for i in range(3)] == [(2, 1), (1, 4), (1, 1)]
 
 
+def test_onnx_conversion_names_the_op_tf2onnx_cannot_convert(exported):
+  """Why the ONNX waveform model computes its DFT by a matrix product: with tf.signal.rfft, tf2onnx
+  (which only logs such failures) leaves a ComplexAbs node that no runtime has. If a tf2onnx release
+  converts it, this fails, and the plain front end can go back in."""
+  run_dir, _, _ = exported
+  model, _, _ = export.load_trained(run_dir)
+  with pytest.raises(RuntimeError, match="graph of from_waveform: ComplexAbs$"):
+    export.convert_onnx(export.AudioTower(model, dft="fft").from_waveform)
+
+
 def test_export_manifest_checksums_and_atomicity(exported, monkeypatch, tmp_path):
   run_dir, out, manifest = exported
   on_disk = json.load(open(os.path.join(out, "export_manifest.json")))
@@ -263,6 +273,9 @@ def test_baselines_export_without_a_genre_tower(small_prepared, tmp_path, monkey
       for kind in ("mel", "waveform")}
   with pytest.raises(InputError, match="has no ONNX model"):
     embed.Encoder(str(tmp_path / "bline"), "onnx")
+  from tfcmir.beam import embed as beam_embed
+  with pytest.raises(InputError, match="onnx/audio_mel.onnx: this export has no such ONNX model"):
+    beam_embed._check_export(str(tmp_path / "bline"), "onnx")  # before any Beam worker starts
   loaded = tf.saved_model.load(str(tmp_path / "bline" / "saved_model" / "1"))
   assert set(loaded.signatures) == {"serving_default", "from_waveform"}
 

@@ -40,7 +40,7 @@ ONNX_FILE = "onnx/audio_mel.onnx"
 # patches has a 400 MB first activation, so it streams from memory; a few patches stay in cache.
 SAVED_MODEL_CHUNK = 16
 TFLITE_CHUNK = 4
-ONNX_CHUNK = 16  # onnxruntime: 1 to 64 patches a call within 5 % of each other (paper size, one core)
+ONNX_CHUNK = 16  # onnxruntime: 1 to 64 patches a call within 5 % (paper size, one shared core)
 MANIFEST = "embeddings_manifest.json"  # what an embed run wrote into --out (Beam's too)
 
 
