@@ -27,16 +27,21 @@ SERVING = [
     "ai-edge-litert==2.3.0",           # the TFLite runtime an app uses, without TensorFlow
 ]
 
+# ONNX: the runtime `embed --artifact=onnx` and apps use, and the converter export needs to write onnx/.
+ONNX = ["onnxruntime==1.32.0", "tf2onnx==1.17.0", "onnx==1.23.2"]
+
 # Beam runs prepare and embed on a cluster (--runner); [tfrecord] brings crcmod for its TFRecord sink.
 BEAM = ["apache-beam[tfrecord]==2.77.0"]
 
 EXTRAS = {
     "serving": SERVING,
     "beam": BEAM,
+    "onnx": ONNX,
     "bench": ["implicit==0.7.3"],  # reference BPR for benchmarks/warp.py
     # Essentia's pip build is a pre-release; the exact pin lets pip take it without --pre.
     "test": ["pytest>=8", "pytest-xdist==3.8.0", "essentia-tensorflow==2.1b6.dev1389"] + SERVING + BEAM,  # tests/test_beam.py
 }
+EXTRAS["test"] += ONNX  # tests/test_export.py runs the ONNX models
 
 setup(
     name="tfcmir",

@@ -15,7 +15,8 @@ one child process per export, pinned to one core (`common.pin_threads(1)`):
                 are those of the files (a 10 s file is two patches, its last 1.8 s is not embedded)
   front end     `embed.file_patches` alone (no encoder)
   from_waveform the SavedModel's from_waveform signature on the decoded 16 kHz waveforms, one call
-                per file (front end in the graph)
+                per file (front end in the graph); the same for onnx/audio_waveform.onnx in
+                onnxruntime
 
 `cpu/wall` is the process CPU time over the wall time of the measurement: well under 1 means another
 process shared the core, and the figure is low.
@@ -38,7 +39,7 @@ REAL_AUDIO = os.path.join(HERE, "..", "tests", "fixtures", "real-audio")
 PATCH_SECONDS = 256 * 256 / 16000
 SIZES = {"paper": ([128, 128, 256, 256, 256, 256, 512], 512),
          "demo": ([16, 16, 32, 32, 32, 32, 64], 256)}
-ARTIFACTS = ("saved_model", "tflite", "tflite_quantized")
+ARTIFACTS = ("saved_model", "tflite", "tflite_quantized", "onnx")
 TARGET = 300  # x real time, float TFLite, paper size, one core
 
 
@@ -101,6 +102,14 @@ def measure(export_dir, batch, repeats, file_copies, front_end):
   wall, load = timed(lambda: [signature(waveform=w) for w in waves], repeats)
   rows.append(("saved_model", "from_waveform signature, decoded waveforms", 1, seconds / wall, None,
                load))
+  import onnxruntime as ort
+  options = ort.SessionOptions()
+  options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+  session = ort.InferenceSession(os.path.join(export_dir, "onnx", "audio_waveform.onnx"), options,
+                                 providers=["CPUExecutionProvider"])
+  arrays = [w.numpy() for w in waves]
+  wall, load = timed(lambda: [session.run(["embedding"], {"waveform": w}) for w in arrays], repeats)
+  rows.append(("onnx", "audio_waveform.onnx, decoded waveforms", 1, seconds / wall, None, load))
   if front_end:
     wall, load = timed(lambda: [embed.file_patches(f) for f in files], repeats)
     patches = sum(len(embed.file_patches(f)[0]) for f in files)
@@ -154,9 +163,12 @@ def main():
                if (size, artifact, path) == ("paper", "tflite", "encoder"))
     saved = max(speed for size, artifact, path, batch, speed, _, _ in rows
                 if (size, artifact, path) == ("paper", "saved_model", "encoder"))
+    onnx = max(speed for size, artifact, path, batch, speed, _, _ in rows
+               if (size, artifact, path) == ("paper", "onnx", "encoder"))
     print(f"\nfloat TFLite, paper size, one core: {best:,.0f}x real time (target {TARGET}x: "
           f"{'met' if best >= TARGET else f'missed by {TARGET / best:.2f}x'}); SavedModel "
-          f"{saved:,.0f}x ({'no slower' if saved >= best else 'slower'} than TFLite)")
+          f"{saved:,.0f}x ({'no slower' if saved >= best else 'slower'} than TFLite); ONNX "
+          f"{onnx:,.0f}x ({onnx / best:.2f}x TFLite's)")
   print(f"done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 

@@ -111,6 +111,19 @@ def test_layer_is_batched_and_length_agnostic():
   np.testing.assert_allclose(np.asarray(clone(waves)), batch)
 
 
+@pytest.mark.parametrize("level", sorted(audio.LEVELS))
+def test_dft_by_matrix_product_gives_the_rfft_mel(level):
+  """dft="matmul" (the ONNX export's front end) = the rfft front end, silence floor included."""
+  wave = audio.load_audio(os.path.join(REAL_AUDIO, "hedgewars_castle_mono16k.wav"))[None, :48000]
+  wave = np.concatenate([wave, np.zeros_like(wave)])  # a silent row: both at the -200 dB floor
+  fft = np.asarray(audio.MelSpectrogram(level=level)(wave))
+  matmul = audio.MelSpectrogram(level=level, dft="matmul")
+  got = np.asarray(matmul(wave))
+  assert np.max(np.abs(got - fft)) <= 1e-3  # dB; measured 3e-5 on this file, 3e-4 on tones
+  assert np.all(got[1] == audio.DB_FLOOR)
+  assert audio.MelSpectrogram.from_config(matmul.get_config()).dft == "matmul"
+
+
 def test_layer_runs_in_a_saved_model_and_tflite(tmp_path):
   """The export issue relies on this: the front end inside a SavedModel and TFLite builtins."""
   from ai_edge_litert.interpreter import Interpreter

@@ -1,4 +1,4 @@
-"""Export: SavedModel (TF Serving contract), TFLite without TensorFlow, atomic exports, embed."""
+"""Export: SavedModel (TF Serving contract), TFLite and ONNX without TensorFlow, atomic exports, embed."""
 
 import csv
 import json
@@ -115,6 +115,50 @@ def test_tflite_runs_without_tensorflow_and_matches(exported, tmp_path):
       f"audio_{k}_{s}.tflite" for k in ("mel", "waveform") for s in ("float32", "dynamic_range")}
 
 
+def test_onnx_runs_without_tensorflow_and_matches(exported, tmp_path):
+  """Both ONNX models in onnxruntime alone = the SavedModel within 1e-5, waveforms of any length."""
+  _, out, manifest = exported
+  assert manifest["onnx"] == {"mel": "onnx/audio_mel.onnx", "waveform": "onnx/audio_waveform.onnx"}
+  assert not manifest["onnx_not_written"]
+  rng = np.random.default_rng(3)
+  inputs = {"mel": [rng.normal(-80, 15, (3, 256, 48)).astype(np.float32)],
+            # A batch of two 6 s waveforms (one patch each), one of 17.3 s (4 patches), one of
+            # 0.2 s (padded to one patch): the input length is dynamic.
+            "waveform": [(0.2 * rng.standard_normal(shape)).astype(np.float32)
+                         for shape in ((2, 16000 * 6), (1, 276_817), (1, 3_200))]}
+  loaded = tf.saved_model.load(os.path.join(out, "saved_model", "1"))
+  signature = {"mel": "serving_default", "waveform": "from_waveform"}
+  for kind, arrays in inputs.items():
+    paths = []
+    for i, x in enumerate(arrays):
+      paths.append(str(tmp_path / f"{kind}_{i}.npy"))
+      np.save(paths[-1], x)
+    result = subprocess.run(
+        [sys.executable, os.path.join(HERE, "tools", "onnx_run.py"),
+         os.path.join(out, manifest["onnx"][kind]), str(tmp_path / f"{kind}.npz"), *paths],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = np.load(tmp_path / f"{kind}.npz")
+    assert list(got["input_shape"]) == (["batch", "256", "48"] if kind == "mel" else ["batch", "samples"])
+    for i, x in enumerate(arrays):
+      reference = loaded.signatures[signature[kind]](**{kind: tf.constant(x)})
+      assert set(reference) == {n.rsplit("_", 1)[0] for n in got.files if n.endswith(f"_{i}")}
+      for name, value in reference.items():
+        assert got[f"{name}_{i}"].shape == value.shape, (kind, i, name)
+        assert export.relative_error(got[f"{name}_{i}"], value) <= 1e-5, (kind, i, name)
+  assert [got[f"patch_embeddings_{i}"].shape[:2] for i in range(3)] == [(2, 1), (1, 4), (1, 1)]
+
+
+def test_onnx_conversion_names_the_op_tf2onnx_cannot_convert(exported):
+  """Why the ONNX waveform model computes its DFT by a matrix product: with tf.signal.rfft, tf2onnx
+  (which only logs such failures) leaves a ComplexAbs node that no runtime has. If a tf2onnx release
+  converts it, this fails, and the plain front end can go back in."""
+  run_dir, _, _ = exported
+  model, _, _ = export.load_trained(run_dir)
+  with pytest.raises(RuntimeError, match="graph of from_waveform: ComplexAbs$"):
+    export.convert_onnx(export.AudioTower(model, dft="fft").from_waveform)
+
+
 def test_export_manifest_checksums_and_atomicity(exported, monkeypatch, tmp_path):
   run_dir, out, manifest = exported
   on_disk = json.load(open(os.path.join(out, "export_manifest.json")))
@@ -122,6 +166,9 @@ def test_export_manifest_checksums_and_atomicity(exported, monkeypatch, tmp_path
   for rel, digest in on_disk["files"].items():
     assert export.sha256_file(os.path.join(out, rel)) == digest
   assert on_disk["verification"]["saved_model_vs_keras"] < 1e-5
+  assert {"onnx/audio_mel.onnx", "onnx/audio_waveform.onnx"} <= set(on_disk["files"])
+  assert on_disk["verification"]["onnx_mel_vs_saved_model"] <= 1e-5
+  assert on_disk["verification"]["onnx_waveform_vs_saved_model"] <= 1e-5
   with pytest.raises(InputError, match="already exists"):
     export.export(run_dir, out)
   # A failure half way leaves neither the export nor a partial folder behind.
@@ -135,10 +182,10 @@ def test_export_manifest_checksums_and_atomicity(exported, monkeypatch, tmp_path
   assert not [n for n in os.listdir(tmp_path) if ".partial" in n]
 
 
-def test_embed_real_excerpts_same_from_saved_model_and_tflite(exported, tmp_path):
+def test_embed_real_excerpts_same_from_saved_model_tflite_and_onnx(exported, tmp_path):
   _, out, manifest = exported
   results = {}
-  for artifact in ("saved_model", "tflite"):
+  for artifact in ("saved_model", "tflite", "onnx"):
     target = str(tmp_path / artifact)
     result = run_module("tfcmir.embed", f"--embed_model={out}", f"--artifact={artifact}",
                         f"--out={target}", "--per_patch", REAL_AUDIO)
@@ -154,6 +201,7 @@ def test_embed_real_excerpts_same_from_saved_model_and_tflite(exported, tmp_path
     assert len(patches) == sum(int(r["patches"]) for r in rows)
     results[artifact] = embeddings
   assert export.relative_error(results["tflite"], results["saved_model"]) < 1e-4
+  assert export.relative_error(results["onnx"], results["saved_model"]) <= 1e-5
 
 
 def test_embed_neighbours_share_genre(exported, small_demo, tmp_path):
@@ -207,7 +255,7 @@ def test_essentia_graph_matches_the_saved_model(exported, tmp_path):
   assert export.relative_error(np.load(tmp_path / "proj.npy"), reference["projection"]) <= 1e-4
 
 
-def test_baselines_export_without_a_genre_tower(small_prepared, tmp_path):
+def test_baselines_export_without_a_genre_tower(small_prepared, tmp_path, monkeypatch):
   _, tfrecord_dir, manifest = small_prepared
   table = genres.GenreVectors.load(tfrecord_dir).table
   config = contrastive.model_config("bline_cf_g", table.shape, manifest["schema"]["cf_dim"],
@@ -215,8 +263,19 @@ def test_baselines_export_without_a_genre_tower(small_prepared, tmp_path):
   run_dir = str(tmp_path / "run")
   train.train(tfrecord_dir, run_dir, config, epochs=1, batch_size=32, learning_rate=1e-3,
               weight_decay=0, steps_per_epoch=1, verbose=0)
+  # Without the converter (the [onnx] extra) the export goes on, and says what it did not write.
+  monkeypatch.setitem(sys.modules, "tf2onnx", None)  # `import tf2onnx` raises ImportError
   exported = export.export(run_dir, str(tmp_path / "bline"), essentia=False)
   assert exported["signatures"] == ["from_waveform", "serving_default"]
+  assert exported["onnx"] == {} and not os.path.exists(tmp_path / "bline" / "onnx")
+  assert exported["onnx_not_written"] == {
+      f"audio_{kind}.onnx": "tf2onnx is not installed (pip install -e '.[onnx]')"
+      for kind in ("mel", "waveform")}
+  with pytest.raises(InputError, match="has no ONNX model"):
+    embed.Encoder(str(tmp_path / "bline"), "onnx")
+  from tfcmir.beam import embed as beam_embed
+  with pytest.raises(InputError, match="onnx/audio_mel.onnx: this export has no such ONNX model"):
+    beam_embed._check_export(str(tmp_path / "bline"), "onnx")  # before any Beam worker starts
   loaded = tf.saved_model.load(str(tmp_path / "bline" / "saved_model" / "1"))
   assert set(loaded.signatures) == {"serving_default", "from_waveform"}
 
@@ -234,3 +293,9 @@ def test_a_changed_tflite_byte_is_named_at_load(exported, tmp_path):
   with pytest.raises(InputError, match=f"^{path}: damaged"):
     embed.Encoder(copy, "tflite")
   embed.Encoder(copy, "saved_model")  # the other artifact is intact and loads
+  path = os.path.join(copy, "onnx", "audio_mel.onnx")
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    f.write(b"\xff\xff\xff\x7f")
+  with pytest.raises(InputError, match=f"^{path}: damaged"):
+    embed.Encoder(copy, "onnx")

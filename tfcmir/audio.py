@@ -184,6 +184,9 @@ class MelSpectrogram(keras.layers.Layer):
   """Waveform -> Melon mel-spectrogram in dB, as Essentia computes it.
 
   `level`: the window normalisation, "essentia" (normalized=True) or "authors" (normalized=False).
+  `dft`: "fft" (tf.signal.rfft) or "matmul" (the windowed DFT as one real matrix product, the same
+  power spectrum within float32 rounding): ONNX converters cannot take rfft's complex output (tf2onnx
+  1.17 fails on the ComplexAbs after it), so the ONNX export uses "matmul".
 
   Call args:
     waveform: float32 (batch, samples) mono audio at `sample_rate`.
@@ -193,7 +196,7 @@ class MelSpectrogram(keras.layers.Layer):
   """
 
   def __init__(self, sample_rate=SAMPLE_RATE, frame_size=FRAME_SIZE, hop_size=HOP_SIZE,
-               num_bands=NUM_BANDS, fmin=0.0, fmax=None, level=DEFAULT_LEVEL, **kwargs):
+               num_bands=NUM_BANDS, fmin=0.0, fmax=None, level=DEFAULT_LEVEL, dft="fft", **kwargs):
     super().__init__(**kwargs)
     if frame_size % 2 or hop_size <= 0 or frame_size <= 0:
       raise ValueError(f"frame_size must be even and positive, hop_size positive: {frame_size}, {hop_size}")
@@ -204,8 +207,13 @@ class MelSpectrogram(keras.layers.Layer):
     self.fmin = fmin
     self.fmax = fmax
     self.level = check_level(level)
+    if dft not in ("fft", "matmul"):
+      raise ValueError(f"dft must be 'fft' or 'matmul', got {dft!r}")
+    self.dft = dft
     # Constants, not weights: they must not train, and a quantiser must not touch them.
     self._window = tf.constant(essentia_hann(frame_size, level), tf.float32)
+    if dft == "matmul":
+      self._dft = tf.constant(windowed_dft_matrix(frame_size, level), tf.float32)
     self._mel = tf.constant(slaney_mel_matrix(sample_rate, frame_size, num_bands, fmin, fmax), tf.float32)
 
   def call(self, waveform):
@@ -215,8 +223,12 @@ class MelSpectrogram(keras.layers.Layer):
     # Centre frame 0 on sample 0, pad the tail generously with zeros, then keep FrameCutter's count.
     padded = tf.pad(waveform, [[0, 0], [self.frame_size // 2, self.frame_size]])
     frames = tf.signal.frame(padded, self.frame_size, self.hop_size)[:, :count]
-    spectrum = tf.abs(tf.signal.rfft(frames * self._window))
-    power = tf.square(spectrum)
+    if self.dft == "matmul":
+      parts = tf.einsum("btn,nk->btk", frames, self._dft)  # (b, t, 2 * bins): real parts, then imaginary
+      real, imag = tf.split(parts, 2, axis=-1)
+      power = real * real + imag * imag
+    else:
+      power = tf.square(tf.abs(tf.signal.rfft(frames * self._window)))
     bands = tf.einsum("btf,fm->btm", power, self._mel)
     return 20.0 * tf.math.log(tf.maximum(bands, POWER_FLOOR)) / np.log(10.0)
 
@@ -228,8 +240,21 @@ class MelSpectrogram(keras.layers.Layer):
   def get_config(self):
     config = super().get_config()
     config.update(sample_rate=self.sample_rate, frame_size=self.frame_size, hop_size=self.hop_size,
-                  num_bands=self.num_bands, fmin=self.fmin, fmax=self.fmax, level=self.level)
+                  num_bands=self.num_bands, fmin=self.fmin, fmax=self.fmax, level=self.level,
+                  dft=self.dft)
     return config
+
+
+def windowed_dft_matrix(frame_size=FRAME_SIZE, level=DEFAULT_LEVEL):
+  """(frame_size, 2 * (frame_size // 2 + 1)) float64: frames @ it = [Re, Im] of rfft(frames * window).
+
+  Built in float64 from exact angles (k * n mod N), so float32 rounding happens once, in the product.
+  """
+  n = np.arange(frame_size)
+  k = np.arange(frame_size // 2 + 1)
+  angle = 2 * np.pi * (np.outer(n, k) % frame_size) / frame_size
+  window = essentia_hann(frame_size, level).astype(np.float64)[:, None]
+  return np.concatenate([window * np.cos(angle), -window * np.sin(angle)], axis=1)
 
 
 def split_patches(mel, patch_frames=256):

@@ -11,6 +11,7 @@ compared with the training mels' level statistics: a file more than 20 dB off is
   --artifact=saved_model        saved_model/<version>/ (serving_default)
   --artifact=tflite             tflite/audio_mel_float32.tflite (LiteRT)
   --artifact=tflite_quantized   tflite/audio_mel_dynamic_range.tflite
+  --artifact=onnx               onnx/audio_mel.onnx (onnxruntime, the [onnx] extra)
 
 Writes to DIR: embeddings.npy (files, D), the mean of each file's patch embeddings; index.csv (row,
 path, patches, first_patch, padded); with --per_patch, patch_embeddings.npy (all patches, D). Or, with
@@ -34,10 +35,12 @@ from tfcmir.data.corpus import InputError
 FLAGS = flags.FLAGS
 PATCH_FRAMES = 256
 TFLITE_FILES = {"tflite": "audio_mel_float32.tflite", "tflite_quantized": "audio_mel_dynamic_range.tflite"}
+ONNX_FILE = "onnx/audio_mel.onnx"
 # Patches per encoder call, measured on one Zen 5 core (benchmarks/embed.py): a batch of 64 paper-size
 # patches has a 400 MB first activation, so it streams from memory; a few patches stay in cache.
 SAVED_MODEL_CHUNK = 16
 TFLITE_CHUNK = 4
+ONNX_CHUNK = 16  # onnxruntime: 1 to 64 patches a call within 5 % (paper size, one shared core)
 MANIFEST = "embeddings_manifest.json"  # what an embed run wrote into --out (Beam's too)
 
 
@@ -60,9 +63,9 @@ class Encoder:
 
   Args:
     export_dir: an export folder (tfcmir.export).
-    artifact: saved_model, tflite or tflite_quantized.
-    threads: threads of the TFLite interpreter (default: the usable cores; LiteRT alone would take
-      one). The SavedModel uses TensorFlow's own thread pools.
+    artifact: saved_model, tflite, tflite_quantized or onnx.
+    threads: threads of the TFLite interpreter or the onnxruntime session (default: the usable
+      cores; LiteRT alone would take one). The SavedModel uses TensorFlow's own thread pools.
     strict: the level guard stops at an off-distribution file instead of warning.
 
   `frontend` holds the front-end kwargs (tfcmir.audio) the model's mels need; `guard` checks inputs
@@ -92,8 +95,11 @@ class Encoder:
       runner = self._interpreter.get_signature_runner()
       self._run = lambda x: runner(mel=x)["embedding"]
       self._chunk = TFLITE_CHUNK
+    elif artifact == "onnx":
+      self._run = _onnx_runner(export_dir, threads or _usable_cores())
+      self._chunk = ONNX_CHUNK
     else:
-      raise InputError(f"--artifact must be saved_model, tflite or tflite_quantized, got {artifact}")
+      raise InputError(f"--artifact must be saved_model, tflite, tflite_quantized or onnx, got {artifact}")
 
   def __call__(self, patches):
     """float32 (n, 256, 48) mel patches -> (n, D) embeddings, computed `_chunk` patches at a time."""
@@ -102,6 +108,23 @@ class Encoder:
       return np.asarray(self._run(patches))
     return np.concatenate([np.asarray(self._run(patches[i:i + self._chunk]))
                            for i in range(0, len(patches), self._chunk)])
+
+
+def _onnx_runner(export_dir, threads):
+  """onnx/audio_mel.onnx in an onnxruntime session -> a function of mel patches to embeddings."""
+  path = os.path.join(export_dir, *ONNX_FILE.split("/"))
+  if not os.path.exists(path):
+    raise InputError(f"{path}: this export has no ONNX model (export_manifest.json's onnx_not_written "
+                     "says why)")
+  try:
+    import onnxruntime as ort
+  except ImportError as err:
+    raise InputError("--artifact=onnx needs onnxruntime: pip install -e '.[onnx]'") from err
+  options = ort.SessionOptions()
+  options.intra_op_num_threads = threads
+  options.inter_op_num_threads = 1  # one chain of ops: a second pool would only compete for the cores
+  session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+  return lambda x: session.run(["embedding"], {"mel": x})[0]
 
 
 def read_export_manifest(export_dir):
@@ -122,6 +145,8 @@ def artifact_files(manifest, artifact):
   """The manifest's paths (relative to the export) of the files `artifact` loads."""
   if artifact in TFLITE_FILES:
     return [f"tflite/{TFLITE_FILES[artifact]}"]
+  if artifact == "onnx":
+    return [ONNX_FILE]
   prefix = f"saved_model/{manifest['version']}/"
   return [p for p in manifest.get("files", {}) if p.startswith(prefix)]
 
@@ -139,7 +164,7 @@ def verify_export(export_dir, manifest, artifact):
   for relative in artifact_files(manifest, artifact):
     path = os.path.join(export_dir, *relative.split("/"))
     if relative not in checksums:
-      continue  # a TFLite model this export did not ship: reported by the loader
+      continue  # a TFLite or ONNX model this export did not ship: reported by the loader
     if not os.path.exists(path):
       raise InputError(f"{path}: missing from the export; export again")
     if safeio.sha256_file(path) != checksums[relative]:

@@ -10,6 +10,8 @@ Writes, in one go, into a temporary folder renamed to --out when everything is w
                                              models with a genre tower only)
                           and assets.extra/tf_serving_warmup_requests (PredictionLog records)
   tflite/                 audio_mel_{float32,dynamic_range}.tflite, audio_waveform_{...}.tflite
+  onnx/                   audio_mel.onnx, audio_waveform.onnx (tf2onnx, the [onnx] extra; without it
+                            the manifest's onnx_not_written says why there is none)
   essentia/               frozen graph .pb (input node `mel`) + the JSON metadata Essentia models ship
   genre_vocab.json        genre code -> genre_ids row, for the genres signature
   export_manifest.json    checkpoint, flags, versions, sha256 of every file, verification errors
@@ -41,6 +43,8 @@ FLAGS = flags.FLAGS
 PATCH_FRAMES = 256
 MANIFEST = "export_manifest.json"
 MIN_QUANTIZED_COSINE = 0.99  # a quantised model whose embeddings drift further is not shipped
+ONNX_OPSET = 15  # tf2onnx 1.17's default: onnxruntime >= 1.10 runs it
+ONNX_EXTRA = "pip install -e '.[onnx]'"
 
 
 def load_trained(checkpoint):
@@ -85,11 +89,12 @@ def dummy_batch(model_config, batch=1, max_genres=10):
 class AudioTower(tf.Module):
   """The exported functions: the encoder on mel patches, on waveforms, and the genre tower."""
 
-  def __init__(self, model, level=audio.DEFAULT_LEVEL):
+  def __init__(self, model, level=audio.DEFAULT_LEVEL, dft="fft"):
     super().__init__()
     self.audio_encoder = model.audio_encoder
     self.genre_encoder = model.genre_encoder
-    self.frontend = audio.MelSpectrogram(level=level)  # the convention of the training mels
+    # The convention of the training mels; dft="matmul" for ONNX (audio.MelSpectrogram says why).
+    self.frontend = audio.MelSpectrogram(level=level, dft=dft)
     # Only towers that exist become functions: SavedModel traces every tf.function it finds.
     self.genres = None
     if self.genre_encoder is not None:
@@ -150,9 +155,9 @@ def freeze(function):
   Converting the SavedModel directly keeps Keras 3's variables as TFLite resource variables
   (READ_VARIABLE ops that the plain runtime cannot initialise: -inf out); freezing first avoids it.
   """
-  frozen = convert_variables_to_constants_v2(function)
-  specs = function.structured_input_signature[1]
-  (name, spec), = specs.items()
+  frozen = convert_variables_to_constants_v2(function)  # also folds captured constant tensors
+  args, kwargs = function.structured_input_signature  # a loaded signature takes kwargs, a tf.function args
+  (name, spec), = (kwargs or {spec.name: spec for spec in args}).items()
   keys = sorted(function.structured_outputs)  # the order tf.nest flattens a dict in
 
   @tf.function(input_signature=[spec])
@@ -185,6 +190,49 @@ def run_tflite(model_content, inputs):
         interpreter.resize_tensor_input(detail["index"], value.shape)
   interpreter.allocate_tensors()
   return interpreter.get_signature_runner()(**inputs)
+
+
+def convert_onnx(function):
+  """A tf.function of AudioTower -> ONNX model bytes (tf2onnx folds the variables into constants).
+
+  Frozen first (`freeze`): tf2onnx's own freezing leaves the front end's constant matrices as graph
+  inputs. Its Python API logs a node it cannot convert and carries on, leaving a TensorFlow op in the
+  graph that no runtime loads: such ops are an error here, named.
+  """
+  import onnx
+  import tf2onnx
+
+  frozen = freeze(function.get_concrete_function())
+  proto, _ = tf2onnx.convert.from_function(tf.function(frozen), input_signature=function.input_signature,
+                                           opset=ONNX_OPSET)
+  unconverted = sorted({node.op_type for node in proto.graph.node
+                        if not onnx.defs.has(node.op_type, node.domain)})
+  if unconverted:
+    raise RuntimeError(f"tf2onnx left TensorFlow ops in the ONNX graph of {function.__name__}: "
+                       f"{', '.join(unconverted)}")
+  _name_dynamic_dims(proto)
+  onnx.checker.check_model(proto)
+  return proto.SerializeToString()
+
+
+def _name_dynamic_dims(proto):
+  """tf2onnx names the dynamic dimensions unk__N; runtimes and viewers show these names."""
+  for value, is_input in [(v, True) for v in proto.graph.input] + [(v, False) for v in proto.graph.output]:
+    dims = value.type.tensor_type.shape.dim
+    for i, name in ((0, "batch"), (1, "samples" if is_input else "patches")):
+      if len(dims) > i and dims[i].dim_param:
+        dims[i].dim_param = name
+
+
+def run_onnx(model_content, inputs, threads=None):
+  """Runs an ONNX model (bytes or path) in onnxruntime on {input name: array}; returns {output: array}."""
+  import onnxruntime as ort
+
+  options = ort.SessionOptions()
+  options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default, one per physical core
+  session = ort.InferenceSession(model_content, options, providers=["CPUExecutionProvider"])
+  names = [output.name for output in session.get_outputs()]
+  return dict(zip(names, session.run(names, inputs)))
 
 
 def relative_error(a, b):
@@ -338,6 +386,9 @@ def _write_all(model, run, weights, out, name, version, genre_vocab, essentia):
       with open(path, "wb") as f:
         f.write(content)
       tflite_files[f"{kind}_{suffix}"] = os.path.relpath(path, out)
+  onnx_files, onnx_not_written = write_onnx(model, frontend["level"], out, checks,
+                                            {"mel": patches, "waveform": waveform},
+                                            {"mel": sm_mel, "waveform": sm_wave})
   essentia_files = {}
   if essentia:
     from tfcmir import export_essentia
@@ -359,10 +410,41 @@ def _write_all(model, run, weights, out, name, version, genre_vocab, essentia):
           "patch_frames": PATCH_FRAMES, "sample_rate": audio.SAMPLE_RATE, "frontend": frontend,
           "level_statistics": training_level_statistics(run),
           "signatures": sorted(signatures(tower)), "warmup_requests": warmups,
-          "tflite": tflite_files, "tflite_not_written": not_written, "essentia": essentia_files,
+          "tflite": tflite_files, "tflite_not_written": not_written,
+          "onnx": onnx_files, "onnx_not_written": onnx_not_written, "essentia": essentia_files,
           "verification": checks,
           "versions": {"tfcmir": __version__, "tensorflow": tf.__version__,
                        "keras": keras.__version__, "numpy": np.__version__}}
+
+
+def write_onnx(model, level, out, checks, inputs, references):
+  """onnx/audio_{mel,waveform}.onnx, each run in onnxruntime on `inputs` and compared with the
+  SavedModel's outputs (`references`, by signature input) into `checks`; returns (files, not written).
+
+  The waveform model's front end computes the DFT as a matrix product (audio.MelSpectrogram, dft=
+  "matmul"): tf2onnx turns tf.signal.rfft into one too, but cannot convert the ComplexAbs after it.
+  """
+  try:
+    import onnxruntime  # noqa: F401
+    import tf2onnx  # noqa: F401
+  except ImportError as err:
+    reason = f"{err.name} is not installed ({ONNX_EXTRA})"
+    logging.warning("no ONNX models written: %s", reason)
+    return {}, {f"audio_{kind}.onnx": reason for kind in ("mel", "waveform")}
+  tower = AudioTower(model, level, dft="matmul")
+  os.makedirs(os.path.join(out, "onnx"))
+  files = {}
+  for kind, function in (("mel", tower.serve_mel), ("waveform", tower.from_waveform)):
+    content = convert_onnx(function)
+    got = run_onnx(content, {kind: inputs[kind]})
+    reference = references[kind]
+    checks[f"onnx_{kind}_vs_saved_model"] = max(relative_error(got[key], reference[key])
+                                                for key in reference)
+    path = os.path.join(out, "onnx", f"audio_{kind}.onnx")
+    with open(path, "wb") as f:
+      f.write(content)
+    files[kind] = os.path.relpath(path, out)
+  return files, {}
 
 
 def export_readme(name, version, model, has_genres, level=audio.DEFAULT_LEVEL):
@@ -393,6 +475,18 @@ any length: resize the input first); `audio_mel_dynamic_range.tflite` is ~3x sma
 weights (cosine >= 0.99 with the float model; see export_manifest.json). A quantised waveform model
 is shipped only when it too stays above 0.99: quantising the front end's mel filterbank usually
 breaks that, so put the float front end before the quantised mel model instead.
+
+## ONNX (onnxruntime)
+
+`onnx/audio_mel.onnx` (input `mel`, outputs `embedding`, `projection`) and `onnx/audio_waveform.onnx`
+(input `waveform` (batch, samples), any length; outputs `patch_embeddings`, `embedding`,
+`patch_projections`), opset {ONNX_OPSET}:
+
+    import onnxruntime as ort
+    session = ort.InferenceSession("onnx/audio_waveform.onnx")
+    embedding = session.run(["embedding"], {{"waveform": waveform[None].astype("float32")}})[0][0]
+
+Absent when the export ran without tf2onnx: export_manifest.json's `onnx_not_written` says so.
 
 ## Essentia
 

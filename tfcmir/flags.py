@@ -119,7 +119,7 @@ flags.DEFINE_string("checkpoint", None, "Export: a training run folder (its best
 flags.DEFINE_integer("export_version", 1, "Export: the SavedModel version folder (TF Serving).",
                      lower_bound=1)
 flags.DEFINE_string("embed_model", None, "Embed: the export folder to use (exports/NAME).")
-flags.DEFINE_enum("artifact", "saved_model", ["saved_model", "tflite", "tflite_quantized"],
+flags.DEFINE_enum("artifact", "saved_model", ["saved_model", "tflite", "tflite_quantized", "onnx"],
                   "Embed: which artifact of the export runs the encoder.")
 flags.DEFINE_bool("per_patch", False, "Embed: also write every patch's embedding.")
 flags.DEFINE_enum("embed_format", "npy", ["npy", "npz"],

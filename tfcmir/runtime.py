@@ -170,8 +170,9 @@ def quiet_library_logs(verbosity=0):
   import logging as std_logging
   from absl import logging as absl_logging
 
-  # These loggers log each Word2Vec epoch, each SavedModel write, each Beam stage at INFO.
-  for name in ("gensim", "smart_open", "tensorflow", "apache_beam"):
+  # These loggers log each Word2Vec epoch, each SavedModel write, each Beam stage, each ONNX
+  # conversion step at INFO.
+  for name in ("gensim", "smart_open", "tensorflow", "apache_beam", "tf2onnx"):
     std_logging.getLogger(name).setLevel(std_logging.DEBUG if verbosity >= 1 else std_logging.WARNING)
   handler = absl_logging.get_absl_handler()
   if verbosity < 1 and not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):

@@ -113,10 +113,11 @@ def _check_export(export_dir, artifact):
   """The export's manifest, checked here so a bad --embed_model fails before any worker starts."""
   manifest = embed_lib.read_export_manifest(export_dir)
   embed_lib.verify_export(export_dir, manifest, artifact)  # again in each worker, as it loads
-  if artifact in embed_lib.TFLITE_FILES:
-    model = os.path.join(export_dir, "tflite", embed_lib.TFLITE_FILES[artifact])
+  if artifact in embed_lib.TFLITE_FILES or artifact == "onnx":
+    model = os.path.join(export_dir, *embed_lib.artifact_files(manifest, artifact)[0].split("/"))
     if not os.path.exists(model):
-      raise InputError(f"{model}: this export has no such TFLite model")
+      raise InputError(f"{model}: this export has no such {'ONNX' if artifact == 'onnx' else 'TFLite'} "
+                       "model")
   return manifest
 
 
