@@ -239,10 +239,10 @@ def main():
   if args.quick:
     args.songs, args.playlists, args.other_playlists, args.clusters = 20000, 2000, 500, 50
     args.dim, args.trees, args.recall_seeds = 64, 10, 200
-  # The slowest last, so that a long run has printed (stderr) most of its rows before it.
+  # The optional library last: Ctrl-C during a run prints the tables of the runs before it.
   runs = ([("faiss_ivf", int(v)) for v in args.nprobe.split(",") if v] + [("exact", 0)] * args.exact +
-          [("voyager", int(v)) for v in args.voyager_ef.split(",") if v] +
-          [("annoy", int(v)) for v in args.search_k.split(",") if v])
+          [("annoy", int(v)) for v in args.search_k.split(",") if v] +
+          [("voyager", int(v)) for v in args.voyager_ef.split(",") if v])
   threads = args.threads or common.usable_cores()
 
   start = time.perf_counter()
@@ -271,16 +271,21 @@ def main():
 
   k = args.k
   rows, phase_rows, totals, splits = [], [], {}, {}
+  interrupted = None
   for run in runs:
-    timings, built = {}, {}
-    continuation.faiss.cvar.indexIVF_stats.reset()
-    start = time.perf_counter()
-    result = continuation.evaluate_continuation(
-        embeddings, playlists, test_ids.tolist(), k=k, n_trees=args.trees, seed=args.seed,
-        progress=True, threads=threads, timings=timings, **index_options(run, args, threads, built))
-    if "voyager" in built:
-      recalls[run] = mean_recall(built.pop("voyager")(reference[2], k), reference[3])
-    totals[run] = total = time.perf_counter() - start
+    try:
+      timings, built = {}, {}
+      continuation.faiss.cvar.indexIVF_stats.reset()
+      start = time.perf_counter()
+      result = continuation.evaluate_continuation(
+          embeddings, playlists, test_ids.tolist(), k=k, n_trees=args.trees, seed=args.seed,
+          progress=True, threads=threads, timings=timings, **index_options(run, args, threads, built))
+      totals[run] = total = time.perf_counter() - start
+      if "voyager" in built:
+        recalls[run] = mean_recall(built.pop("voyager")(reference[2], k), reference[3])
+    except KeyboardInterrupt:
+      interrupted = label(run)
+      break
     print(f"{label(run)}: {total:.1f} s ({', '.join(f'{p} {timings[p]:.1f}' for p in PHASES)}), "
           f"recall@{k} {recalls[run]:.4f}, nDCG@{k} {result[f'ndcg@{k}']:.4f}, MAP@{k} {result[f'map@{k}']:.4f}",
           file=sys.stderr)
@@ -304,9 +309,11 @@ def main():
   print(common.table(["search", f"recall@{k} vs exact", f"nDCG@{k}", f"MAP@{k}", f"random nDCG@{k}",
                       f"random MAP@{k}", "seconds"], rows))
   print(f"\npeak memory {peak:.2f} GB (embeddings included)")
+  if interrupted:
+    print(f"interrupted (Ctrl-C) during: {interrupted}; the rows above are the runs that finished")
   for run, (coarse, scans) in splits.items():
     print(f"{label(run)}: query seeds = coarse quantizer {coarse:.1f} s + list scans {scans:.1f} s "
-          f"(faiss's own counters, summed over its threads' wall time)")
+          f"(faiss's own timers)")
   if not args.quick:
     for run, total in totals.items():
       met = total <= TARGET_S and recalls[run] >= TARGET_RECALL
