@@ -145,6 +145,11 @@ def index_options(run, args, threads, built=None):
   return dict(index=kind, nprobe=value, nlist=args.nlist)
 
 
+def nlist(args, n_items, nprobe):
+  """The IVF lists of a run: --nlist, or the evaluation's default for its nprobe."""
+  return args.nlist or continuation.default_nlist(n_items, args.k, nprobe)
+
+
 def exact_reference(embeddings, test_ids, seeds, k):
   """(indexed ids, unit candidate rows, seed vectors, their exact cosine top-k ids): a numpy full sort
   of the cosine scores against every indexed track, independent of faiss."""
@@ -168,7 +173,7 @@ def recall(embeddings, reference, seeds, k, runs, args, threads):
   what the evaluation asks. voyager runs are left out: main measures them on the index it times.
   """
   indexed, items, queries, exact = reference
-  annoy, ivf, recalls = None, None, {}
+  annoy, ivfs, recalls = None, {}, {}
   for run in runs:
     kind, value = run
     if kind == "voyager":
@@ -178,10 +183,12 @@ def recall(embeddings, reference, seeds, k, runs, args, threads):
       found = continuation._query_seeds(*annoy, embeddings, list(seeds), k, threads, search_k=value)
     else:
       with continuation._omp_threads(threads):
-        if kind == "faiss_ivf":  # one k-means for every probe count
-          ivf = ivf or continuation.faiss_search(items, kind, args.nlist, 1, args.seed)
-          ivf.index.nprobe = value
-          found = ivf(queries, k)
+        if kind == "faiss_ivf":  # one k-means per list count
+          lists = nlist(args, len(indexed), value)
+          if lists not in ivfs:
+            ivfs[lists] = continuation.faiss_search(items, kind, lists, value, args.seed)
+          ivfs[lists].index.nprobe = value
+          found = ivfs[lists](queries, k)
         else:
           found = continuation.faiss_search(items, kind)(queries, k)
     recalls[run] = mean_recall(found, exact)
@@ -197,7 +204,7 @@ def label(run):
     return "faiss exact (IndexFlatIP)"
   if kind == "voyager":
     return f"voyager HNSW, query ef {value}"
-  return f"faiss IVF (IndexIVFFlat), nprobe {value}"
+  return f"faiss IVF (IndexIVFFlat), nprobe {value}"  # its nlist: the header line
 
 
 def ivf_split():
@@ -225,7 +232,7 @@ def main():
   parser.add_argument("--nprobe", default="4,16",
                       help="faiss IVF probe counts to time ('' for none; --continuation_nprobe)")
   parser.add_argument("--nlist", type=int, default=0,
-                      help="faiss IVF k-means lists (0: 4 sqrt(candidates); --continuation_nlist)")
+                      help="faiss IVF k-means lists (0: the default of --continuation_nlist)")
   parser.add_argument("--voyager_ef", default="",
                       help="voyager HNSW query ef values to time ('' for none; needs the bench extra)")
   parser.add_argument("--voyager_m", type=int, default=12, help="voyager HNSW links per node")
@@ -297,11 +304,13 @@ def main():
                  f"{result['random'][f'map@{k}']:.4f}", f"{total:.0f}"))
   peak = common.peak_rss_gb()
 
+  lists = ", ".join(f"{nlist(args, result['indexed_tracks'], v)} (nprobe {v})"
+                    for kind, v in runs if kind == "faiss_ivf") or "none"
   print(common.machine_line())
   print(f"{result['playlists']:,} evaluated playlists, {result['queried_tracks']:,} distinct seeds "
         f"queried, {result['indexed_tracks']:,} indexed test tracks, {result['skipped_playlists']} "
         f"skipped; {args.trees} Annoy trees, "
-        f"{args.nlist or continuation.default_nlist(result['indexed_tracks'])} faiss IVF lists, "
+        f"faiss IVF lists {lists}, "
         f"voyager M {args.voyager_m} ef_construction {args.voyager_ef_construction}, "
         f"{threads} threads, k = {k}, {args.dim} dims, noise {args.noise}")
   print(common.table(["search", *PHASES, "total s"], phase_rows))

@@ -340,7 +340,9 @@ def test_faiss_search_names_bad_shapes_and_clamps_lists():
   with pytest.raises(ValueError, match=r"queries must be \(n, 4\)"):
     cont.faiss_search(np.ones((5, 4)), "exact")(np.ones((3, 5)), 2)
   assert cont.faiss_search(np.ones((3, 4)), "faiss_ivf", nlist=8).index.nlist == 3
-  assert cont.default_nlist(64_852) == 1019 and cont.default_nlist(1) == 4
+  # 4 sqrt(n) at Melon scale; on small sets few enough lists that 4 probes hold ~2k candidates.
+  assert cont.default_nlist(64_852, k=100, nprobe=4) == 1019
+  assert cont.default_nlist(150, k=20, nprobe=4) == 15 and cont.default_nlist(1) == 1
 
 
 def continuation_case(seed=0, songs=900, dim=16):
@@ -385,3 +387,5 @@ def test_the_evaluate_flags_choose_the_search():
   assert options == dict(index="faiss_ivf", search_k=-1, nlist=12, nprobe=2)
   assert cont.evaluate_continuation(*data, k=20, **options) == \
       cont.evaluate_continuation(*data, k=20, index="faiss_ivf", nlist=12, nprobe=2)
+  # The default: faiss IVF, chosen from benchmarks/results/2026-12-03-continuation-faiss.md.
+  assert cli.search_flags() == dict(index="faiss_ivf", search_k=-1, nlist=0, nprobe=4)

@@ -169,17 +169,18 @@ def unit_rows(vectors, copy=True):
   return vectors
 
 
-def faiss_search(items, index="exact", nlist=0, nprobe=32, seed=0, copy=True):
+def faiss_search(items, index="exact", nlist=0, nprobe=4, seed=0, copy=True, k=100):
   """A cosine search over `items` with faiss; returns search(queries, k) -> (n, k) int ids, -1 padded.
 
   Args:
     items: (n, dim) candidate embeddings, item i is row i (any norm: they are scaled to unit length).
     index: "exact" (IndexFlatIP: every candidate scored, a GEMM per block of queries) or "faiss_ivf"
       (IndexIVFFlat: k-means lists, each query scores the members of its `nprobe` nearest lists).
-    nlist: k-means lists of "faiss_ivf"; 0 is `default_nlist(n)`; at most n.
+    nlist: k-means lists of "faiss_ivf"; 0 is `default_nlist(n, k, nprobe)`; at most n.
     nprobe: lists each query searches (>= nlist: every candidate, exact up to float rounding).
     seed: seeds the k-means start.
     copy: False lets a float32 `items` be scaled in place (faiss keeps its own copy of the rows).
+    k: the neighbours the searches will ask for (only sizes the default nlist).
   """
   items = unit_rows(items, copy)
   if items.ndim != 2 or not len(items):
@@ -188,7 +189,7 @@ def faiss_search(items, index="exact", nlist=0, nprobe=32, seed=0, copy=True):
   if index == "exact":
     found = faiss.IndexFlatIP(dim)
   else:
-    nlist = max(1, min(int(nlist or default_nlist(len(items))), len(items)))
+    nlist = max(1, min(int(nlist or default_nlist(len(items), k, nprobe)), len(items)))
     quantizer = faiss.IndexFlatIP(dim)
     found = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     found.cp.seed = seed
@@ -230,9 +231,11 @@ def _omp_threads(threads):
     faiss.omp_set_num_threads(before)
 
 
-def default_nlist(n_items):
-  """4 sqrt(n) k-means lists, the usual rule for an inverted file (1,019 for Melon's ~65k candidates)."""
-  return max(1, int(round(4 * np.sqrt(n_items))))
+def default_nlist(n_items, k=100, nprobe=4):
+  """4 sqrt(n) k-means lists, the usual rule for an inverted file (1,019 for Melon's ~65k candidates),
+  but few enough that `nprobe` lists hold ~2k candidates: on small sets (the demo's 150 test songs,
+  k = 20) 4 sqrt(n) lists would hold ~3 songs each and the probed ones fewer than k."""
+  return max(1, min(int(round(4 * np.sqrt(n_items))), n_items * nprobe // (2 * k)))
 
 
 def continuation(neighbours, k):
@@ -379,7 +382,7 @@ def _timed(timings, phase):
 
 def evaluate_continuation(embeddings, playlists, test_ids, k=100, n_trees=50, seed=0,
                           random_baseline=True, progress=False, threads=None, timings=None,
-                          search_k=-1, index="annoy", nlist=0, nprobe=32):
+                          search_k=-1, index="annoy", nlist=0, nprobe=4):
   """Runs the paper's playlist-continuation protocol (see the module docstring).
 
   Args:
@@ -401,7 +404,7 @@ def evaluate_continuation(embeddings, playlists, test_ids, k=100, n_trees=50, se
       a function items -> search, with items the (n, dim) float32 candidate matrix and search(queries,
       k) -> (len(queries), k) item ids, -1 padded (how benchmarks/continuation.py runs other
       libraries under the same protocol).
-    nlist: k-means lists of "faiss_ivf"; 0 is `default_nlist` of the candidate count.
+    nlist: k-means lists of "faiss_ivf"; 0 is `default_nlist` of the candidate count, k and nprobe.
     nprobe: lists each seed searches with "faiss_ivf"; more is slower and closer to exact.
 
   Returns:
@@ -437,7 +440,7 @@ def evaluate_continuation(embeddings, playlists, test_ids, k=100, n_trees=50, se
       if callable(index):
         search = index(items)
       else:
-        search = faiss_search(items, index, nlist, nprobe, seed, copy=False)
+        search = faiss_search(items, index, nlist, nprobe, seed, copy=False, k=k)
       del items  # the index holds its own copy
   with _timed(timings, "query seeds"), _omp_threads(threads):
     if index == "annoy":
