@@ -15,8 +15,8 @@ settings `tfcmir.evaluate` uses (k = 100 as in the paper; 50 Annoy trees, our ch
 none), called as `tfcmir.evaluate` calls it (a dict song id -> vector), once per Annoy `search_k`
 (--continuation_search_k), once with faiss's exact IndexFlatIP (--continuation_index=exact), once per
 faiss IndexIVFFlat probe count (--continuation_index=faiss_ivf --continuation_nprobe) and, with
---voyager_ef, once per HNSW query ef of Spotify's voyager (Annoy's successor; benchmark only, the
-"bench" extra), through the same protocol. Prints the phases, the peak memory of the process, the
+--voyager_ef, once per HNSW query ef of Spotify's voyager (Annoy's successor; benchmark only,
+`pip install voyager==2.2.3`), through the same protocol. Prints the phases, the peak memory of the process, the
 metrics (the random row is the floor: clustered embeddings must beat it), each setting's recall@k
 against the exact cosine top-k of a sample of seeds (a numpy full sort: what a faster setting costs),
 and for faiss IVF how its query time splits between the coarse quantizer and the list scans. --noise sets how far songs scatter
@@ -117,7 +117,7 @@ def voyager_index(ef, m, ef_construction, seed, threads, built):
   The search it builds is also put in built["voyager"]: its recall is measured on that index after
   the evaluation, so that the slow HNSW build happens once per run.
   """
-  import voyager  # the "bench" extra
+  import voyager  # benchmark only: pip install voyager==2.2.3
 
   def build(items):
     index = voyager.Index(voyager.Space.Cosine, num_dimensions=items.shape[1], M=m,
@@ -234,7 +234,7 @@ def main():
   parser.add_argument("--nlist", type=int, default=0,
                       help="faiss IVF k-means lists (0: the default of --continuation_nlist)")
   parser.add_argument("--voyager_ef", default="",
-                      help="voyager HNSW query ef values to time ('' for none; needs the bench extra)")
+                      help="voyager HNSW query ef values to time ('' for none; pip install voyager==2.2.3)")
   parser.add_argument("--voyager_m", type=int, default=12, help="voyager HNSW links per node")
   parser.add_argument("--voyager_ef_construction", type=int, default=200)
   parser.add_argument("--noise", type=float, default=1.5,
@@ -246,10 +246,10 @@ def main():
   if args.quick:
     args.songs, args.playlists, args.other_playlists, args.clusters = 20000, 2000, 500, 50
     args.dim, args.trees, args.recall_seeds = 64, 10, 200
-  # The optional library last: Ctrl-C during a run prints the tables of the runs before it.
+  # Slowest last: each run's figures go to stderr as it ends, so a long run shows the fast ones early.
   runs = ([("faiss_ivf", int(v)) for v in args.nprobe.split(",") if v] + [("exact", 0)] * args.exact +
-          [("annoy", int(v)) for v in args.search_k.split(",") if v] +
-          [("voyager", int(v)) for v in args.voyager_ef.split(",") if v])
+          [("voyager", int(v)) for v in args.voyager_ef.split(",") if v] +
+          [("annoy", int(v)) for v in args.search_k.split(",") if v])
   threads = args.threads or common.usable_cores()
 
   start = time.perf_counter()
@@ -278,21 +278,16 @@ def main():
 
   k = args.k
   rows, phase_rows, totals, splits = [], [], {}, {}
-  interrupted = None
   for run in runs:
-    try:
-      timings, built = {}, {}
-      continuation.faiss.cvar.indexIVF_stats.reset()
-      start = time.perf_counter()
-      result = continuation.evaluate_continuation(
-          embeddings, playlists, test_ids.tolist(), k=k, n_trees=args.trees, seed=args.seed,
-          progress=True, threads=threads, timings=timings, **index_options(run, args, threads, built))
-      totals[run] = total = time.perf_counter() - start
-      if "voyager" in built:
-        recalls[run] = mean_recall(built.pop("voyager")(reference[2], k), reference[3])
-    except KeyboardInterrupt:
-      interrupted = label(run)
-      break
+    timings, built = {}, {}
+    continuation.faiss.cvar.indexIVF_stats.reset()
+    start = time.perf_counter()
+    result = continuation.evaluate_continuation(
+        embeddings, playlists, test_ids.tolist(), k=k, n_trees=args.trees, seed=args.seed,
+        progress=True, threads=threads, timings=timings, **index_options(run, args, threads, built))
+    totals[run] = total = time.perf_counter() - start
+    if "voyager" in built:
+      recalls[run] = mean_recall(built.pop("voyager")(reference[2], k), reference[3])
     print(f"{label(run)}: {total:.1f} s ({', '.join(f'{p} {timings[p]:.1f}' for p in PHASES)}), "
           f"recall@{k} {recalls[run]:.4f}, nDCG@{k} {result[f'ndcg@{k}']:.4f}, MAP@{k} {result[f'map@{k}']:.4f}",
           file=sys.stderr)
@@ -306,23 +301,23 @@ def main():
 
   lists = ", ".join(f"{nlist(args, result['indexed_tracks'], v)} (nprobe {v})"
                     for kind, v in runs if kind == "faiss_ivf") or "none"
+  voyager = (f"voyager M {args.voyager_m} ef_construction {args.voyager_ef_construction}, "
+             if any(kind == "voyager" for kind, _ in runs) else "")
   print(common.machine_line())
   print(f"{result['playlists']:,} evaluated playlists, {result['queried_tracks']:,} distinct seeds "
         f"queried, {result['indexed_tracks']:,} indexed test tracks, {result['skipped_playlists']} "
         f"skipped; {args.trees} Annoy trees, "
         f"faiss IVF lists {lists}, "
-        f"voyager M {args.voyager_m} ef_construction {args.voyager_ef_construction}, "
+        f"{voyager}"
         f"{threads} threads, k = {k}, {args.dim} dims, noise {args.noise}")
   print(common.table(["search", *PHASES, "total s"], phase_rows))
   print()
   print(common.table(["search", f"recall@{k} vs exact", f"nDCG@{k}", f"MAP@{k}", f"random nDCG@{k}",
                       f"random MAP@{k}", "seconds"], rows))
   print(f"\npeak memory {peak:.2f} GB (embeddings included)")
-  if interrupted:
-    print(f"interrupted (Ctrl-C) during: {interrupted}; the rows above are the runs that finished")
   for run, (coarse, scans) in splits.items():
     print(f"{label(run)}: query seeds = coarse quantizer {coarse:.1f} s + list scans {scans:.1f} s "
-          f"(faiss's own timers)")
+          f"(faiss's own timers, summed over its threads)")
   if not args.quick:
     for run, total in totals.items():
       met = total <= TARGET_S and recalls[run] >= TARGET_RECALL

@@ -400,7 +400,8 @@ def evaluate_continuation(embeddings, playlists, test_ids, k=100, n_trees=50, se
       seeds, score playlists), when given.
     search_k: Annoy's search_k, the candidates a query examines; -1 is Annoy's default, k x n_trees.
       Lower is faster and less exact (benchmarks/continuation.py measures the recall it costs).
-    index: "annoy" (the paper's), "faiss_ivf" (faiss IndexIVFFlat) or "exact" (faiss IndexFlatIP); or
+    index: "annoy" (the paper's), "faiss_ivf" (faiss IndexIVFFlat; --continuation_index's default) or
+      "exact" (faiss IndexFlatIP); or
       a function items -> search, with items the (n, dim) float32 candidate matrix and search(queries,
       k) -> (len(queries), k) item ids, -1 padded (how benchmarks/continuation.py runs other
       libraries under the same protocol).
