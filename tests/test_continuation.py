@@ -280,3 +280,112 @@ def test_search_k_trades_exactness_for_speed():
                                           search_k=2000)
   assert exhaustive != cont.evaluate_continuation(embeddings, playlists, test_ids, k=10, n_trees=5,
                                                   search_k=10)
+
+
+# The faiss searches (--continuation_index=exact / faiss_ivf) and the callable-index hook.
+
+def brute_force(items, queries, k):
+  """Top-k item ids by cosine, written the slow way: a full sort of every row, -1 past the items."""
+  unit = items / np.linalg.norm(items, axis=1, keepdims=True)
+  scores = queries @ unit.T / np.linalg.norm(queries, axis=1, keepdims=True)
+  order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+  out = np.full((len(queries), k), -1)
+  out[:, :order.shape[1]] = order
+  return out
+
+
+def clustered(rng, n, dim=16, clusters=8, noise=0.3):
+  centres = rng.standard_normal((clusters, dim))
+  labels = rng.integers(0, clusters, n)
+  return (centres[labels] + noise * rng.standard_normal((n, dim))).astype(np.float32), labels
+
+
+@pytest.mark.parametrize("k,threads", [(10, 1), (10, 3), (300, 2)])
+def test_exact_search_equals_a_full_sort(k, threads):
+  # k = 300 is more than the 250 items, so rows end in -1; the thread count must not matter.
+  rng = np.random.default_rng(0)
+  items, queries = rng.standard_normal((250, 12)), rng.standard_normal((40, 12))
+  with cont._omp_threads(threads):
+    got = cont.faiss_search(items, "exact")(queries, k)
+  np.testing.assert_array_equal(got, brute_force(items, queries, k))
+
+
+def test_ivf_probing_every_list_is_exact_and_fewer_probes_trade_recall():
+  rng = np.random.default_rng(1)
+  items, _ = clustered(rng, 2000, clusters=20)
+  queries = items[rng.choice(2000, 100, replace=False)] + 0.1 * rng.standard_normal((100, 16))
+  expected = brute_force(items, queries, 15)
+  every = cont.faiss_search(items, "faiss_ivf", nlist=40, nprobe=40, seed=3)
+  assert every.index.nlist == 40 and every.index.ntotal == 2000
+  np.testing.assert_array_equal(every(queries, 15), expected)
+  recall = lambda found: np.mean([len(set(f) & set(e)) / 15 for f, e in zip(found, expected)])
+  few, one = (cont.faiss_search(items, "faiss_ivf", 40, p, seed=3)(queries, 15) for p in (4, 1))
+  # Clustered data: a few lists around the query's cluster hold nearly all of its neighbours.
+  assert recall(few) >= 0.95 and recall(one) < recall(few)
+
+
+def test_search_does_not_depend_on_threads():
+  rng = np.random.default_rng(4)
+  items, queries = rng.standard_normal((500, 8)), rng.standard_normal((90, 8))
+  search = cont.faiss_search(items, "faiss_ivf", nlist=10, nprobe=3, seed=1)
+  with cont._omp_threads(1):
+    first = search(queries, 25)
+  with cont._omp_threads(3):
+    np.testing.assert_array_equal(search(queries, 25), first)
+
+
+def test_faiss_search_names_bad_shapes_and_clamps_lists():
+  with pytest.raises(ValueError, match=r"\(items, dim\)"):
+    cont.faiss_search(np.zeros((0, 4)), "exact")
+  with pytest.raises(ValueError, match=r"queries must be \(n, 4\)"):
+    cont.faiss_search(np.ones((5, 4)), "exact")(np.ones((3, 5)), 2)
+  assert cont.faiss_search(np.ones((3, 4)), "faiss_ivf", nlist=8).index.nlist == 3
+  # 4 sqrt(n) at Melon scale; on small sets few enough lists that 4 probes hold ~2k candidates.
+  assert cont.default_nlist(64_852, k=100, nprobe=4) == 1019
+  assert cont.default_nlist(150, k=20, nprobe=4) == 15 and cont.default_nlist(1) == 1
+
+
+def continuation_case(seed=0, songs=900, dim=16):
+  rng = np.random.default_rng(seed)
+  data, labels = clustered(rng, songs, dim, clusters=10, noise=0.8)
+  embeddings = dict(enumerate(data))
+  test_ids = rng.permutation(songs)[:300].tolist()
+  playlists = [rng.choice(np.flatnonzero(labels == rng.integers(0, 10)), int(rng.integers(2, 25))).tolist()
+               for _ in range(200)]
+  return embeddings, playlists, test_ids
+
+
+def test_continuation_indexes_agree_where_each_is_exact():
+  """--continuation_index: faiss's exact search, its IVF probing every list, an Annoy search of every
+  leaf and a numpy full sort (the callable-index hook) retrieve the same neighbours, so the whole
+  evaluation gives the same numbers; an IVF probing few lists gives a close one."""
+  data = continuation_case()
+  exact = cont.evaluate_continuation(*data, k=20, index="exact")
+  assert exact["playlists"] > 150 and exact["ndcg@20"] > 2 * exact["random"]["ndcg@20"]
+  numpy_sort = lambda items: (lambda queries, k: brute_force(items, queries, k))
+  assert cont.evaluate_continuation(*data, k=20, index=numpy_sort) == exact
+  assert cont.evaluate_continuation(*data, k=20, index="faiss_ivf", nlist=12, nprobe=12) == exact
+  assert cont.evaluate_continuation(*data, k=20, n_trees=5, search_k=300 * 5) == exact
+  fast = cont.evaluate_continuation(*data, k=20, index="faiss_ivf", nlist=12, nprobe=1)
+  assert fast != exact and fast["ndcg@20"] > 0.8 * exact["ndcg@20"]
+  with pytest.raises(ValueError, match="index must be one of"):
+    cont.evaluate_continuation(*data, k=20, index="hnsw")
+
+
+def test_the_evaluate_flags_choose_the_search():
+  """--continuation_index, --continuation_nlist and --continuation_nprobe reach evaluate_continuation."""
+  from absl import flags
+  from absl.testing import flagsaver
+
+  from tfcmir.evaluate import cli
+  import tfcmir.flags  # noqa: F401 (defines the flags)
+
+  flags.FLAGS.mark_as_parsed()
+  data = continuation_case(seed=1)
+  with flagsaver.flagsaver(continuation_index="faiss_ivf", continuation_nlist=12, continuation_nprobe=2):
+    options = cli.search_flags()
+  assert options == dict(index="faiss_ivf", search_k=-1, nlist=12, nprobe=2)
+  assert cont.evaluate_continuation(*data, k=20, **options) == \
+      cont.evaluate_continuation(*data, k=20, index="faiss_ivf", nlist=12, nprobe=2)
+  # The default: faiss IVF, chosen from benchmarks/results/2026-12-03-continuation-faiss.md.
+  assert cli.search_flags() == dict(index="faiss_ivf", search_k=-1, nlist=0, nprobe=4)

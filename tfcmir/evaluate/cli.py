@@ -119,7 +119,7 @@ def melon_track_embeddings(encoder, mel_dir, song_ids, batch_patches=256):
 
 def run_continuation(encoders, melon_dir, mel_dir, split_file, seed, k=100, search=None):
   """Continuation scores of each encoder; `search` holds evaluate_continuation's index options
-  (index, search_k, ivf_lists, ivf_probe)."""
+  (index, search_k, nlist, nprobe)."""
   from tfcmir.evaluate import continuation
   if not os.path.exists(split_file):
     raise InputError(f"{split_file}: no split; continuation needs the test split of tfcmir.prepare "
@@ -174,7 +174,7 @@ def evaluate(tasks, export_dirs, out_dir, gtzan_dir=None, jamendo_dir=None, jame
 def search_flags():
   """The continuation's search options from the --continuation_* flags."""
   return dict(index=FLAGS.continuation_index, search_k=FLAGS.continuation_search_k,
-              ivf_lists=FLAGS.continuation_ivf_lists, ivf_probe=FLAGS.continuation_ivf_probe)
+              nlist=FLAGS.continuation_nlist, nprobe=FLAGS.continuation_nprobe)
 
 
 def _require(value, flag):

@@ -5,11 +5,11 @@ The protocol, step by step:
      ground truth; its other songs are the seeds.
   2. A track's embedding is the mean of its patch embeddings (a (patches, dim) array is averaged here;
      a 1-D vector is taken as it is).
-  3. An index holds the test-split tracks only: by default Annoy with angular distance (cosine, as the
-     paper says); `index="ivf"` is the same cosine search by matrix products over k-means lists (ivf.py):
-     at Melon scale its queries ran 8x faster than Annoy's, with a higher recall against exact search
-     (benchmarks/continuation.py);
-     `index="exact"` scores every candidate (the reference both approximate).
+  3. An index holds the test-split tracks only, searched by cosine similarity (the paper's angular
+     distance): `index="annoy"`, Annoy with angular distance as in the paper; `"faiss_ivf"`, faiss's
+     IndexIVFFlat (inner product over unit vectors in k-means lists, `nprobe` lists searched per seed);
+     `"exact"`, faiss's IndexFlatIP, every candidate scored (the reference both approximate).
+     benchmarks/continuation.py compares their time and recall at Melon scale.
   4. Each seed fetches its k nearest indexed tracks; each distinct seed is queried once, however many
      playlists hold it (the Melon playlists share songs heavily, so this is most of the speed-up).
   5. The k tracks retrieved most often across a playlist's seeds are its continuation. Ties go to the
@@ -31,17 +31,18 @@ import os
 import sys
 import time
 
+import faiss
 import numpy as np
 from annoy import AnnoyIndex
 
 from tfcmir.data.corpus import InputError
 from tfcmir.data.melon import PLAYLIST_FILES, load_json
-from tfcmir.evaluate import ivf, metrics
+from tfcmir.evaluate import metrics
 
 PROGRESS_EVERY = 10000
 QUERY_CHUNK = 256  # seeds per task of an Annoy query thread
-IVF_CHUNK = 1 << 14  # seeds stacked into one matrix for the IVF search (64 MB at 1024 dims)
-INDEXES = ("annoy", "ivf", "exact")
+FAISS_CHUNK = 1 << 14  # seeds stacked into one matrix per faiss search (64 MB at 1024 dims)
+INDEXES = ("annoy", "faiss_ivf", "exact")
 SCORE_CHUNK = 1 << 18  # neighbour entries scored at once: ~50 playlists, sorted within the L2 cache
 
 
@@ -156,21 +157,85 @@ def _query_seeds(index, dim, embeddings, seeds, k, threads=1, progress=False, se
   return table
 
 
-def _search_seeds(index, embeddings, seeds, k, n_probe, threads=1, progress=False):
-  """`_query_seeds` for an ivf.IVFIndex: the seeds' vectors stacked IVF_CHUNK at a time."""
+def unit_rows(vectors, copy=True):
+  """`vectors` as C-contiguous float32 with each row scaled to unit length (zero rows stay zero).
+
+  On unit vectors faiss's inner product is the cosine, the order of Annoy's angular distance. With
+  copy=False a C-contiguous float32 array is scaled in place (no second copy of a large index).
+  """
+  vectors = np.array(vectors, np.float32, order="C", copy=copy or None)
+  norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+  np.divide(vectors, norms, out=vectors, where=norms > 0)
+  return vectors
+
+
+def faiss_search(items, index="exact", nlist=0, nprobe=4, seed=0, copy=True, k=100):
+  """A cosine search over `items` with faiss; returns search(queries, k) -> (n, k) int ids, -1 padded.
+
+  Args:
+    items: (n, dim) candidate embeddings, item i is row i (any norm: they are scaled to unit length).
+    index: "exact" (IndexFlatIP: every candidate scored, a GEMM per block of queries) or "faiss_ivf"
+      (IndexIVFFlat: k-means lists, each query scores the members of its `nprobe` nearest lists).
+    nlist: k-means lists of "faiss_ivf"; 0 is `default_nlist(n, k, nprobe)`; at most n.
+    nprobe: lists each query searches (>= nlist: every candidate, exact up to float rounding).
+    seed: seeds the k-means start.
+    copy: False lets a float32 `items` be scaled in place (faiss keeps its own copy of the rows).
+    k: the neighbours the searches will ask for (only sizes the default nlist).
+  """
+  items = unit_rows(items, copy)
+  if items.ndim != 2 or not len(items):
+    raise ValueError(f"a search needs a non-empty (items, dim) array, got shape {items.shape}")
+  dim = items.shape[1]
+  if index == "exact":
+    found = faiss.IndexFlatIP(dim)
+  else:
+    nlist = max(1, min(int(nlist or default_nlist(len(items), k, nprobe)), len(items)))
+    quantizer = faiss.IndexFlatIP(dim)
+    found = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    found.cp.seed = seed
+    found.cp.min_points_per_centroid = 1  # small candidate sets: no warning, the lists are just small
+    found.train(items)
+    found.nprobe = max(1, min(int(nprobe), nlist))
+  found.add(items)
+
+  def search(queries, k):
+    queries = unit_rows(queries)
+    if queries.ndim != 2 or queries.shape[1] != dim:
+      raise ValueError(f"queries must be (n, {dim}), got shape {queries.shape}")
+    return found.search(queries, k)[1]
+
+  search.index = found  # for benchmarks: nprobe, list sizes
+  return search
+
+
+def _search_seeds(search, embeddings, seeds, k, dim, progress=False):
+  """`_query_seeds` for a `faiss_search` (or any search(queries, k)): the seeds' vectors stacked
+  FAISS_CHUNK at a time."""
   table = np.empty((len(seeds), k), np.int32)
-  for start in range(0, len(seeds), IVF_CHUNK):
-    chunk = seeds[start:start + IVF_CHUNK]
-    table[start:start + len(chunk)] = index.search(_stack(embeddings, chunk, index.dim), k, n_probe,
-                                                   threads)
+  for start in range(0, len(seeds), FAISS_CHUNK):
+    chunk = seeds[start:start + FAISS_CHUNK]
+    table[start:start + len(chunk)] = search(_stack(embeddings, chunk, dim), k)
     if progress:
       print(f"continuation: queried {start + len(chunk)}/{len(seeds)} seeds", file=sys.stderr)
   return table
 
 
-def default_ivf_lists(n_items):
-  """4 sqrt(n) k-means lists, the usual rule for an inverted file (1,019 for Melon's ~65k candidates)."""
-  return max(1, int(round(4 * np.sqrt(n_items))))
+@contextlib.contextmanager
+def _omp_threads(threads):
+  """faiss's OpenMP threads set to `threads` for the block, and restored after."""
+  before = faiss.omp_get_max_threads()
+  faiss.omp_set_num_threads(max(1, threads))
+  try:
+    yield
+  finally:
+    faiss.omp_set_num_threads(before)
+
+
+def default_nlist(n_items, k=100, nprobe=4):
+  """4 sqrt(n) k-means lists, the usual rule for an inverted file (1,019 for Melon's ~65k candidates),
+  but few enough that `nprobe` lists hold ~2k candidates: on small sets (the demo's 150 test songs,
+  k = 20) 4 sqrt(n) lists would hold ~3 songs each and the probed ones fewer than k."""
+  return max(1, min(int(round(4 * np.sqrt(n_items))), n_items * nprobe // (2 * k)))
 
 
 def continuation(neighbours, k):
@@ -317,7 +382,7 @@ def _timed(timings, phase):
 
 def evaluate_continuation(embeddings, playlists, test_ids, k=100, n_trees=50, seed=0,
                           random_baseline=True, progress=False, threads=None, timings=None,
-                          search_k=-1, index="annoy", ivf_lists=0, ivf_probe=32):
+                          search_k=-1, index="annoy", nlist=0, nprobe=4):
   """Runs the paper's playlist-continuation protocol (see the module docstring).
 
   Args:
@@ -329,14 +394,19 @@ def evaluate_continuation(embeddings, playlists, test_ids, k=100, n_trees=50, se
     seed: seeds the Annoy build and the random row.
     random_baseline: also score the random row.
     progress: print progress to stderr.
-    threads: threads querying the index (default: the usable cores); the result does not depend on it.
+    threads: threads querying the index, Annoy's or faiss's (OpenMP) (default: the usable cores); the
+      result does not depend on it.
     timings: a dict that receives the seconds of each phase (split playlists, build index, query
       seeds, score playlists), when given.
     search_k: Annoy's search_k, the candidates a query examines; -1 is Annoy's default, k x n_trees.
       Lower is faster and less exact (benchmarks/continuation.py measures the recall it costs).
-    index: "annoy" (the paper's), "ivf" (ivf.py: matrix products over k-means lists) or "exact".
-    ivf_lists: k-means lists of the "ivf" index; 0 is `default_ivf_lists` of the candidate count.
-    ivf_probe: lists each seed searches in the "ivf" index; more is slower and closer to exact.
+    index: "annoy" (the paper's), "faiss_ivf" (faiss IndexIVFFlat; --continuation_index's default) or
+      "exact" (faiss IndexFlatIP); or
+      a function items -> search, with items the (n, dim) float32 candidate matrix and search(queries,
+      k) -> (len(queries), k) item ids, -1 padded (how benchmarks/continuation.py runs other
+      libraries under the same protocol).
+    nlist: k-means lists of "faiss_ivf"; 0 is `default_nlist` of the candidate count, k and nprobe.
+    nprobe: lists each seed searches with "faiss_ivf"; more is slower and closer to exact.
 
   Returns:
     dict with "playlists" (evaluated), f"ndcg@{k}", f"map@{k}", "random" ({f"ndcg@{k}", f"map@{k}"},
@@ -346,7 +416,7 @@ def evaluate_continuation(embeddings, playlists, test_ids, k=100, n_trees=50, se
   Raises:
     ValueError: no test track has an embedding, no playlist can be evaluated, or dimensions disagree.
   """
-  if index not in INDEXES:
+  if not callable(index) and index not in INDEXES:
     raise ValueError(f"index must be one of {INDEXES}, got {index!r}")
   timings = {} if timings is None else timings
   threads = threads or _usable_cores()
@@ -362,18 +432,22 @@ def evaluate_continuation(embeddings, playlists, test_ids, k=100, n_trees=50, se
     row_of = {s: row for row, s in enumerate(seeds)}
     item_of = {t: i for i, t in enumerate(indexed)}
 
-  with _timed(timings, "build index"):
+  with _timed(timings, "build index"), _omp_threads(threads):
     if index == "annoy":
       annoy, dim = _build_index(embeddings, indexed, n_trees, seed)
     else:
       dim = len(track_vector(embeddings[indexed[0]]))
-      lists = 1 if index == "exact" else ivf_lists or default_ivf_lists(len(indexed))
-      search = ivf.IVFIndex(_stack(embeddings, indexed, dim), lists, seed, copy=False)
-  with _timed(timings, "query seeds"):
+      items = _stack(embeddings, indexed, dim)
+      if callable(index):
+        search = index(items)
+      else:
+        search = faiss_search(items, index, nlist, nprobe, seed, copy=False, k=k)
+      del items  # the index holds its own copy
+  with _timed(timings, "query seeds"), _omp_threads(threads):
     if index == "annoy":
       table = _query_seeds(annoy, dim, embeddings, seeds, k, threads, progress, search_k)
     else:
-      table = _search_seeds(search, embeddings, seeds, k, ivf_probe, threads, progress)
+      table = _search_seeds(search, embeddings, seeds, k, dim, progress)
   with _timed(timings, "score playlists"):
     model, rand = _score_playlists(table, jobs, row_of, item_of, k, np.random.default_rng(seed),
                                    random_baseline, progress, threads)
