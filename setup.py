@@ -27,15 +27,21 @@ SERVING = [
     "ai-edge-litert==2.3.0",           # the TFLite runtime an app uses, without TensorFlow
 ]
 
+LIGHTFM = ["lightfm-next==1.19.0"]
+
 # Beam runs prepare and embed on a cluster (--runner); [tfrecord] brings crcmod for its TFRecord sink.
 BEAM = ["apache-beam[tfrecord]==2.77.0"]
 
 EXTRAS = {
     "serving": SERVING,
     "beam": BEAM,
-    "bench": ["implicit==0.7.3"],  # reference BPR for benchmarks/warp.py
+    # LightFM (the authors' WARP library) as its maintained fork: --cf_backend=lightfm and the WARP
+    # reference of tests/test_warp.py. 1.19.0 ships only a source archive (built with the C compiler).
+    "lightfm": LIGHTFM,
+    "bench": ["implicit==0.7.3"] + LIGHTFM,  # reference BPR and LightFM for benchmarks/warp.py
     # Essentia's pip build is a pre-release; the exact pin lets pip take it without --pre.
-    "test": ["pytest>=8", "essentia-tensorflow==2.1b6.dev1389"] + SERVING + BEAM,  # tests/test_beam.py
+    "test": ["pytest>=8", "essentia-tensorflow==2.1b6.dev1389"] + SERVING + BEAM  # tests/test_beam.py
+            + LIGHTFM,  # tests/test_warp.py
 }
 
 setup(
