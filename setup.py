@@ -29,6 +29,7 @@ SERVING = [
 
 # ONNX: the runtime `embed --artifact=onnx` and apps use, and the converter export needs to write onnx/.
 ONNX = ["onnxruntime==1.32.0", "tf2onnx==1.17.0", "onnx==1.23.2"]
+LIGHTFM = ["lightfm-next==1.19.0"]
 
 # Beam runs prepare and embed on a cluster (--runner); [tfrecord] brings crcmod for its TFRecord sink.
 BEAM = ["apache-beam[tfrecord]==2.77.0"]
@@ -37,9 +38,14 @@ EXTRAS = {
     "serving": SERVING,
     "beam": BEAM,
     "onnx": ONNX,
-    "bench": ["implicit==0.7.3"],  # reference BPR for benchmarks/warp.py
+    # LightFM (the authors' WARP library) as its maintained fork: --cf_backend=lightfm and the WARP
+    # reference of tests/test_warp.py. 1.19.0 ships only a source archive (built with the C compiler).
+    "lightfm": LIGHTFM,
+    "bench": ["implicit==0.7.3"] + LIGHTFM,  # reference BPR and LightFM for benchmarks/warp.py
     # Essentia's pip build is a pre-release; the exact pin lets pip take it without --pre.
-    "test": ["pytest>=8", "pytest-xdist==3.8.0", "essentia-tensorflow==2.1b6.dev1389"] + SERVING + BEAM,  # tests/test_beam.py
+    "test": ["pytest>=8", "pytest-xdist==3.8.0", "essentia-tensorflow==2.1b6.dev1389"]
+            + SERVING + BEAM  # tests/test_beam.py
+            + LIGHTFM,  # tests/test_warp.py
 }
 EXTRAS["test"] += ONNX  # tests/test_export.py runs the ONNX models
 

@@ -5,6 +5,8 @@ import json
 import os
 import re
 import shutil
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -387,3 +389,27 @@ def test_your_own_catalogue_prepares_from_audio(small_demo, tmp_path):
   assert rec["mel"].tobytes() == expected.tobytes()
   batch = next(iter(pipeline.dataset(out, "train", batch_size=4)))
   assert batch["mel"].shape == (4, 256, 48)
+
+
+def test_cf_backend_lightfm_fits_the_same_shapes_and_changes_the_fingerprint(monkeypatch):
+  from tfcmir.prepare import warp
+  matrix = warp.synthetic_playlists(120, 60, mean_length=10, n_clusters=4, seed=0)
+  lightfm_config = dataclasses.replace(FAST, cf_backend="lightfm", warp_epochs=2)
+  corpus = types.SimpleNamespace(songs=[], playlists=[[1, 2]], genre_names={"GN0100"})
+  assert steps.fingerprint(corpus, lightfm_config) != steps.fingerprint(corpus, FAST)
+  try:
+    import lightfm  # noqa: F401
+  except ImportError:
+    with pytest.raises(InputError, match="--cf_backend=lightfm needs lightfm"):
+      steps.fit_cf(matrix, lightfm_config, progress=False)
+    return
+  ours = steps.fit_cf(matrix, dataclasses.replace(lightfm_config, cf_backend="tf"), progress=False)
+  theirs = steps.fit_cf(matrix, lightfm_config, progress=False)
+  for field in ("item_factors", "item_bias", "user_factors", "user_bias"):
+    assert getattr(theirs, field).shape == getattr(ours, field).shape
+    assert getattr(theirs, field).dtype == np.float32
+  assert np.abs(theirs.item_factors).max() > 0
+  # Without lightfm installed, a one-line InputError names the extra to install.
+  monkeypatch.setitem(sys.modules, "lightfm", None)
+  with pytest.raises(InputError, match=r"pip install 'tfcmir\[lightfm\]'"):
+    steps.fit_cf(matrix, lightfm_config, progress=False)

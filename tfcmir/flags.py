@@ -49,6 +49,10 @@ flags.DEFINE_integer("warp_negatives", 40, "WARP negatives sampled per positive 
                      lower_bound=1)
 flags.DEFINE_float("warp_learning_rate", 0.05, "WARP Adagrad learning rate (authors: 0.05).",
                    lower_bound=0.0)
+flags.DEFINE_enum("cf_backend", "tf", ["tf", "lightfm"],
+                  "Who fits the WARP factors: tf (tfcmir.prepare.warp.fit_warp, TensorFlow) or lightfm "
+                  "(the authors' library, as the lightfm-next fork: pip install 'tfcmir[lightfm]'). "
+                  "See the README's WARP paragraph for the figures behind the default.")
 flags.DEFINE_integer("shard_mb", 128, "Upper bound on a TFRecord shard's size, MiB.", lower_bound=1)
 flags.DEFINE_bool("strict", False, "Stop at the first bad input instead of reporting and skipping it "
                   "(embed, evaluate: also an audio file whose mel level is off the training mels').")

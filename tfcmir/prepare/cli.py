@@ -42,7 +42,8 @@ def config_from_flags():
       seed=FLAGS.seed, fractions=tuple(float(x) for x in FLAGS.split_fractions),
       genre_dim=FLAGS.genre_dim, max_genres=FLAGS.max_genres, w2v_epochs=FLAGS.w2v_epochs,
       cf_dim=FLAGS.cf_dim, warp_epochs=FLAGS.warp_epochs, warp_negatives=FLAGS.warp_negatives,
-      warp_learning_rate=FLAGS.warp_learning_rate, shard_mb=FLAGS.shard_mb, bands=FLAGS.mel_bands,
+      warp_learning_rate=FLAGS.warp_learning_rate, cf_backend=FLAGS.cf_backend,
+      shard_mb=FLAGS.shard_mb, bands=FLAGS.mel_bands,
       crop_frames=FLAGS.crop_frames)
 
 

@@ -46,6 +46,7 @@ class PrepareConfig:
   warp_epochs: int = 50
   warp_negatives: int = 40
   warp_learning_rate: float = 0.05
+  cf_backend: str = "tf"  # fit_warp (TensorFlow) or "lightfm" (warp.fit_lightfm)
   shard_mb: int = 128
   bands: int = 48
   crop_frames: int = 256
@@ -58,6 +59,8 @@ def fingerprint(corpus, config):
   settings = dataclasses.asdict(config)
   if settings["mel_level"] == "essentia":  # what every preparation before the level was recorded had
     del settings["mel_level"]
+  if settings["cf_backend"] == "tf":  # likewise: every preparation before LightFM was offered
+    del settings["cf_backend"]
   h.update(json.dumps(settings, sort_keys=True).encode())
   for s in corpus.songs:
     h.update(f"{s.song_id}|{','.join(s.genres)}|{s.mel_path}|{s.audio_path}\n".encode())
@@ -104,10 +107,24 @@ def playlist_matrix(song_ids, playlists, usable):
   return matrix
 
 
-def global_steps(corpus, config, out_dir, progress=True):
-  """Split, genre vectors and WARP factors: computed, saved, and timed."""
+def fit_cf(matrix, config, progress=True):
+  """WARP factors of the song x playlist matrix with config.cf_backend (the same settings either way)."""
   from tfcmir.prepare import warp  # TensorFlow, only when factorising
 
+  settings = dict(dim=config.cf_dim, epochs=config.warp_epochs, max_sampled=config.warp_negatives,
+                  learning_rate=config.warp_learning_rate, seed=config.seed)
+  if config.cf_backend == "tf":
+    return warp.fit_warp(matrix, progress=progress, **settings)
+  try:
+    import lightfm  # noqa: F401
+  except ImportError:
+    raise InputError("--cf_backend=lightfm needs lightfm: pip install 'tfcmir[lightfm]' "
+                     "(lightfm-next==1.19.0, built from source: needs a C compiler)") from None
+  return warp.fit_lightfm(matrix, threads=len(os.sched_getaffinity(0)), **settings)
+
+
+def global_steps(corpus, config, out_dir, progress=True):
+  """Split, genre vectors and WARP factors: computed, saved, and timed."""
   timings = {}
   ids = corpus.song_ids
   vocabulary = sorted(corpus.genre_names)
@@ -133,10 +150,7 @@ def global_steps(corpus, config, out_dir, progress=True):
   if matrix.nnz == 0:
     raise InputError("no playlist contains a train or validation song with a mel: nothing to "
                      "factorise (check the playlists)")
-  factors = warp.fit_warp(matrix, dim=config.cf_dim, epochs=config.warp_epochs,
-                          max_sampled=config.warp_negatives,
-                          learning_rate=config.warp_learning_rate, seed=config.seed,
-                          progress=progress)
+  factors = fit_cf(matrix, config, progress)
   cf = np.where(has_cf[:, None], factors.item_factors, 0.0).astype(np.float32)
   safeio.atomic_write(os.path.join(out_dir, "warp.npz"), lambda f: np.savez(
       f, song_ids=ids, cf=cf, has_cf=has_cf, item_bias=factors.item_bias,
@@ -287,7 +301,7 @@ def prepare(corpus, out_dir, config=PrepareConfig(), workers=2, overwrite=False,
       "genres": {"vocabulary": len(vectors.codes), "dim": config.genre_dim,
                  "table": "genre_vectors.npy", "vocab": "genre_vocab.json"},
       "warp": dict(warp_stats, dim=config.cf_dim, epochs=config.warp_epochs,
-                   negatives=config.warp_negatives, file="warp.npz"),
+                   negatives=config.warp_negatives, backend=config.cf_backend, file="warp.npz"),
       "problems": problems.to_json(),
       "shards": [{k: r[k] for k in ("file", "split", "records", "bytes", "sha256")} for r in written],
       "shards_reused": skipped,

@@ -352,7 +352,8 @@ def _check_params(dim, epochs, max_sampled, learning_rate, batch_size, l2, share
 
 
 def fit_warp(matrix, dim=300, epochs=50, max_sampled=40, learning_rate=0.05, batch_size=None, l2=0.0,
-             seed=0, progress=True, optimizer="adagrad", share_negatives=DEFAULT_SHARE_NEGATIVES):
+             seed=0, progress=True, optimizer="adagrad", share_negatives=DEFAULT_SHARE_NEGATIVES,
+             on_epoch=None):
   """Fits WARP item (song) and user (playlist) factors to a binary song x playlist matrix.
 
   Defaults are the paper's LightFM settings (300 factors, 40 draws, Adagrad at 0.05, 50 epochs).
@@ -378,6 +379,8 @@ def fit_warp(matrix, dim=300, epochs=50, max_sampled=40, learning_rate=0.05, bat
     optimizer: "adagrad" (LightFM's default schedule) or "sgd".
     share_negatives: positives that share one draw of max_sampled negatives, each in its own
       rotated order; 1 = an independent draw per positive, as LightFM.
+    on_epoch: optional fn(seconds, mean_loss) called after each epoch (the first epoch's seconds
+      include tracing the step); benchmarks/warp.py times epochs with it.
 
   Returns:
     WarpFactors.
@@ -405,13 +408,58 @@ def fit_warp(matrix, dim=300, epochs=50, max_sampled=40, learning_rate=0.05, bat
   start = time.perf_counter()
   bar = tqdm.trange(epochs, desc="WARP", unit="epoch", disable=not progress)
   for _ in bar:
+    epoch_start = time.perf_counter()
     loss = _run_epoch(model, rng.permutation(n_pos), playlist_ids, song_ids, batch_size, n_steps)
     bar.set_postfix(loss=f"{loss / n_pos:.4f}")
+    if on_epoch is not None:
+      on_epoch(time.perf_counter() - epoch_start, loss / n_pos)
   seconds = time.perf_counter() - start
   logging.info("WARP: %d songs (%d with entries) x %d playlists, %d memberships, dim %d, %d epochs "
                "in %.1f s (%.1f s/epoch), last epoch mean loss %.4f", csr.shape[0], model.n_candidates,
                csr.shape[1], n_pos, dim, epochs, seconds, seconds / epochs, loss / n_pos)
   return model.factors()
+
+
+def fit_lightfm(matrix, dim=300, epochs=50, max_sampled=40, learning_rate=0.05, seed=0, threads=2,
+                on_epoch=None):
+  """The same WARP fit with LightFM (the authors' library; the `lightfm-next` fork builds on 3.11).
+
+  The reference fit_warp is compared against (tests/test_warp.py, benchmarks/warp.py): LightFM's
+  Hogwild SGD with one independent draw sequence per positive, Adagrad, no regularisation, as the
+  authors ran it. Unlike fit_warp it also draws songs without entries as negatives and fits a
+  playlist bias. With threads > 1 the updates race (Hogwild), so only threads=1 is reproducible.
+
+  Args:
+    matrix: scipy.sparse (n_songs, n_playlists) membership matrix.
+    dim, epochs, max_sampled, learning_rate: as fit_warp (LightFM's no_components, max_sampled...).
+    seed: LightFM's random_state.
+    threads: LightFM's num_threads.
+    on_epoch: optional fn(seconds) called after each epoch.
+
+  Returns:
+    WarpFactors (float32; item_bias and user_bias are LightFM's biases).
+
+  Raises:
+    ImportError: lightfm is not installed (pip install lightfm-next).
+  """
+  try:
+    from lightfm import LightFM
+  except ImportError as e:
+    raise ImportError("fit_lightfm needs lightfm: pip install lightfm-next==1.19.0 (or the "
+                      "'lightfm' extra of tfcmir)") from e
+  _check_params(dim, epochs, max_sampled, learning_rate, 1, 0.0, 1)
+  interactions = check_matrix(matrix).T.tocoo()  # LightFM wants users (playlists) x items (songs)
+  model = LightFM(no_components=dim, loss="warp", max_sampled=max_sampled,
+                  learning_rate=learning_rate, learning_schedule="adagrad", random_state=seed)
+  for _ in range(epochs):
+    start = time.perf_counter()
+    model.fit_partial(interactions, epochs=1, num_threads=threads)
+    if on_epoch is not None:
+      on_epoch(time.perf_counter() - start)
+  return WarpFactors(item_factors=model.item_embeddings.astype(np.float32),
+                     item_bias=model.item_biases.astype(np.float32),
+                     user_factors=model.user_embeddings.astype(np.float32),
+                     user_bias=model.user_biases.astype(np.float32))
 
 
 def _run_epoch(model, order, playlist_ids, song_ids, batch_size, n_steps):
