@@ -90,6 +90,19 @@ def test_start_is_quiet_and_verbosity_brings_tensorflow_back():
   assert loud.stderr.strip().splitlines()[-1] == lines[0]
 
 
+def test_worker_processes_start_quietly_too():
+  """A worker spawned by a tfcmir process (prepare's shard writers) inherits our default log level,
+  and must not take it for the user's choice."""
+  script = ("import multiprocessing, tfcmir, tensorflow\n"
+            "if __name__ == '__main__':\n"
+            "  with multiprocessing.get_context('spawn').Pool(1) as pool:\n"
+            "    pool.apply(exec, ('import tfcmir, tensorflow; tensorflow.constant(1.0) + 1',))\n"
+            "  print('done')")
+  done = python("-c", script)
+  assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]
+  assert done.stderr == "", done.stderr[-2000:]
+
+
 def test_users_log_level_shows_tensorflows_lines():
   done = python("-c", "import tfcmir, tensorflow", TF_CPP_MIN_LOG_LEVEL="0")
   assert "oneDNN custom operations are on" in done.stderr

@@ -40,7 +40,11 @@ _START_NOISE = re.compile(
 # the first sign of a broken driver, and stay.
 _CUDA_NOISE = re.compile(r"cudart_stub\.cc.*Could not find cuda drivers|failed call to cuInit")
 # Read before configure_environment() puts in its default: a level the user chose means "show me".
-_user_set_log_level = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+# Our default is inherited by the worker processes we spawn, so it carries a marker that says it is
+# ours (without it a prepare worker took it for the user's choice and printed TensorFlow's start-up).
+_DEFAULT_MARK = "TFCMIR_DEFAULT_TF_CPP_MIN_LOG_LEVEL"
+_user_set_log_level = ("TF_CPP_MIN_LOG_LEVEL" in os.environ
+                       and os.environ["TF_CPP_MIN_LOG_LEVEL"] != os.environ.get(_DEFAULT_MARK))
 # absl's --verbosity of the command being run, when tfcmir.flags.preflight() read it before TensorFlow
 # loaded (the flags are parsed for good only later, by absl's app.run).
 command_verbosity = None
@@ -55,7 +59,8 @@ def configure_environment(environ=os.environ):
     _onednn_set_here = environ is os.environ
   # Keras and TensorFlow INFO/WARNING lines from C++ (saver sharding, oneDNN notices) drown the
   # progress bars of every command.
-  environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if "TF_CPP_MIN_LOG_LEVEL" not in environ:
+    environ["TF_CPP_MIN_LOG_LEVEL"] = environ[_DEFAULT_MARK] = "2"
 
 
 def _settle_onednn():
@@ -171,8 +176,8 @@ def quiet_library_logs(verbosity=0):
   from absl import logging as absl_logging
 
   # These loggers log each Word2Vec epoch, each SavedModel write, each Beam stage, each ONNX
-  # conversion step at INFO.
-  for name in ("gensim", "smart_open", "tensorflow", "apache_beam", "tf2onnx"):
+  # conversion step at INFO; faiss logs which of its builds it tried (one library dispatches at run time).
+  for name in ("gensim", "smart_open", "tensorflow", "apache_beam", "tf2onnx", "faiss"):
     std_logging.getLogger(name).setLevel(std_logging.DEBUG if verbosity >= 1 else std_logging.WARNING)
   handler = absl_logging.get_absl_handler()
   if verbosity < 1 and not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
