@@ -163,7 +163,7 @@ def test_main_job_runs_on_the_default_demo(tmp_path):
   """The README's first command: the whole pipeline on the default demo data, and the paper's tables.
 
   Training runs MAIN_JOB_EPOCHS instead of the flagfile's 40 epochs, which keeps the suite within its
-  time budget on 2 cores (the full command takes ~10 minutes; the README's figures come from it).
+  time budget on 2 cores (the full command takes ~7 minutes; the README's figures come from it).
   The trained contrastive encoder's embeddings of held-out songs must predict their genre better
   than the same encoder untrained, and it must beat chance clearly on all three downstream tasks
   (whether it beats the baseline is reported, not asserted).
