@@ -287,16 +287,11 @@ def test_a_changed_tflite_byte_is_named_at_load(exported, tmp_path):
   _, out, _ = exported
   copy = str(tmp_path / "export")
   shutil.copytree(out, copy)
-  path = os.path.join(copy, "tflite", "audio_mel_float32.tflite")
-  with open(path, "r+b") as f:
-    f.seek(os.path.getsize(path) // 2)
-    f.write(b"\xff\xff\xff\x7f")
-  with pytest.raises(InputError, match=f"^{path}: damaged"):
-    embed.Encoder(copy, "tflite")
-  embed.Encoder(copy, "saved_model")  # the other artifact is intact and loads
-  path = os.path.join(copy, "onnx", "audio_mel.onnx")
-  with open(path, "r+b") as f:
-    f.seek(os.path.getsize(path) // 2)
-    f.write(b"\xff\xff\xff\x7f")
-  with pytest.raises(InputError, match=f"^{path}: damaged"):
-    embed.Encoder(copy, "onnx")
+  for artifact, rel in (("tflite", "tflite/audio_mel_float32.tflite"), ("onnx", "onnx/audio_mel.onnx")):
+    path = os.path.join(copy, rel)
+    with open(path, "r+b") as f:
+      f.seek(os.path.getsize(path) // 2)
+      f.write(b"\xff\xff\xff\x7f")
+    with pytest.raises(InputError, match=f"^{path}: damaged"):
+      embed.Encoder(copy, artifact)
+    embed.Encoder(copy, "saved_model")  # the other artifact is intact and loads
