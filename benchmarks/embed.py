@@ -8,12 +8,12 @@ Builds exports of the paper-size encoder (the flag defaults: 7 conv blocks 128..
 (speed does not depend on them) using the project's own export code, in a temporary folder. Then, in
 one child process per export, pinned to one core (`common.pin_threads(1)`):
 
-  encoder       `embed.Encoder` on mel patches already in memory, at --embed_batch (64) and batch 1;
+  encoder       `inference.Encoder` on mel patches already in memory, at --embed_batch (64) and batch 1;
                 one 256-frame patch is 256 * 256 / 16000 = 4.096 s of audio
-  + front end   `embed.embed_files` on real audio files (tests/fixtures/real-audio: wav, flac, ogg,
+  + front end   `inference.embed_files` on real audio files (tests/fixtures/real-audio: wav, flac, ogg,
                 mp3 at 16-48 kHz, mono and stereo): decode, resample, mel, patches, encoder; seconds
                 are those of the files (a 10 s file is two patches, its last 1.8 s is not embedded)
-  front end     `embed.file_patches` alone (no encoder)
+  front end     `inference.file_patches` alone (no encoder)
   from_waveform the SavedModel's from_waveform signature on the decoded 16 kHz waveforms, one call
                 per file (front end in the graph); the same for onnx/audio_waveform.onnx in
                 onnxruntime
@@ -46,11 +46,12 @@ TARGET = 300  # x real time, float TFLite, paper size, one core
 def build_export(root, size):
   """An export of an untrained contr_cf_g model of the given size; returns its folder."""
   from tfcmir import export
+  from tfcmir.model import checkpoint as checkpoint_lib
   from tfcmir.model import contrastive
   channels, hidden = SIZES[size]
   config = contrastive.model_config("contr_cf_g", (51, 200), 300, channels=channels, hidden_dim=hidden)
   model = contrastive.build_model(config)
-  model.build_from_batch(export.dummy_batch(config))
+  model.build_from_batch(checkpoint_lib.dummy_batch(config))
   run = os.path.join(root, f"run_{size}")
   os.makedirs(run)
   model.save_weights(os.path.join(run, "best.weights.h5"))
@@ -80,20 +81,20 @@ def timed(fn, repeats):
 def measure(export_dir, batch, repeats, file_copies, front_end):
   """Child process, one core: rows [(artifact, path, batch, x real time, patches/s, cpu/wall)]."""
   common.pin_threads(1)
-  from tfcmir import audio, embed
+  from tfcmir import audio, inference
   rows = []
   files = audio_files() * file_copies
   seconds = sum(len(audio.load_audio(f)) for f in files) / audio.SAMPLE_RATE
   mel = np.random.default_rng(0).normal(-60, 20, (batch, 256, 48)).astype(np.float32)
   for artifact in ARTIFACTS:
-    encoder = embed.Encoder(export_dir, artifact)
+    encoder = inference.Encoder(export_dir, artifact)
     for size, calls in ((batch, 1), (1, 16)):
       x = mel[:size]
       wall, load = timed(lambda: [encoder(x) for _ in range(calls)], repeats)
       rows.append((artifact, "encoder", size, size * calls * PATCH_SECONDS / wall, size * calls / wall,
                    load))
-    embedded = embed.embed_files(files, encoder, batch, progress=False)[0]
-    wall, load = timed(lambda: embed.embed_files(files, encoder, batch, progress=False), repeats)
+    embedded = inference.embed_files(files, encoder, batch, progress=False)[0]
+    wall, load = timed(lambda: inference.embed_files(files, encoder, batch, progress=False), repeats)
     rows.append((artifact, "+ front end (embed_files)", batch, seconds / wall,
                  sum(r["patches"] for r in embedded) / wall, load))
   import tensorflow as tf
@@ -111,8 +112,8 @@ def measure(export_dir, batch, repeats, file_copies, front_end):
   wall, load = timed(lambda: [session.run(["embedding"], {"waveform": w}) for w in arrays], repeats)
   rows.append(("onnx", "audio_waveform.onnx, decoded waveforms", 1, seconds / wall, None, load))
   if front_end:
-    wall, load = timed(lambda: [embed.file_patches(f) for f in files], repeats)
-    patches = sum(len(embed.file_patches(f)[0]) for f in files)
+    wall, load = timed(lambda: [inference.file_patches(f) for f in files], repeats)
+    patches = sum(len(inference.file_patches(f)[0]) for f in files)
     rows.append(("-", "front end alone (decode, resample, mel, patches)", "-", seconds / wall,
                  patches / wall, load))
   return rows

@@ -4,7 +4,7 @@
     python benchmarks/input_pipeline.py --tfrecord_dir tfrecords/demo    # shards you prepared
     python benchmarks/input_pipeline.py --quick          # smoke test (CI): tiny, one repeat
 
-Measures `tfcmir.data.pipeline.dataset(..., training=True)` at batch 128 (random crops, shuffle, batch,
+Measures `tfcmir.train.pipeline.dataset(..., training=True)` at batch 128 (random crops, shuffle, batch,
 prefetch), and the stages that make it up, each cumulative over the one before:
 
   read       interleaved TFRecordDataset over the shuffled shards (what the disk must deliver)
@@ -19,7 +19,7 @@ shard bytes per second (songs/s x the mean record size on disk). CPU us/song is 
 time (user + system, every thread) per song: unlike songs/s it hardly moves when other work shares
 the machine, and it is what the pipeline takes from a training step running on the same cores.
 
-Synthetic shards are written with the real schema (`tfcmir.prepare.records.serialize`): Melon-sized
+Synthetic shards are written with the real schema (`tfcmir.shards.serialize`): Melon-sized
 mels (1,876 frames x 48 bands, float16; 2 % shorter than a crop, to exercise the padding), 10 genres,
 300 CF factors, 128-MiB shards, in a temporary folder removed at the end. The shards are read from the
 page cache; a corpus larger than memory is read at the disk's speed, so compare MB/s with it.
@@ -58,7 +58,8 @@ def write_synthetic(out_dir, songs, frames, bands=48, max_genres=10, cf_dim=300,
   """
   import tensorflow as tf
 
-  from tfcmir.prepare import records, shards
+  from tfcmir import safeio, shards
+
   rng = np.random.default_rng(seed)
   bases = rng.normal(-80.0, 20.0, (64, frames, bands)).astype(np.float16)
   per_shard = max(1, int(shard_mb * 2**20 // (frames * bands * 2 + 4 * cf_dim + 200)))
@@ -74,10 +75,10 @@ def write_synthetic(out_dir, songs, frames, bands=48, max_genres=10, cf_dim=300,
         mel = bases[song % 64][:200] if short_every and song % short_every == 0 else bases[song % 64]
         genres = np.zeros(max_genres, np.int64)
         genres[:1 + song % 3] = rng.integers(1, 250, 1 + song % 3)
-        writer.write(records.serialize(song, "train", mel, genres,
+        writer.write(shards.serialize(song, "train", mel, genres,
                                        rng.normal(0, 0.1, cf_dim).astype(np.float32), True))
     listed.append({"file": name, "split": "train", "records": len(ids), "bytes": os.path.getsize(path),
-                   "sha256": shards.sha256_file(path)})
+                   "sha256": safeio.sha256_file(path)})
   manifest = {"schema": {"bands": bands, "max_genres": max_genres, "cf_dim": cf_dim},
               "shards": listed, "fingerprint": "synthetic",
               "counts": {"songs": {"train": songs, "val": 0, "test": 0},
@@ -91,8 +92,9 @@ def stage_dataset(stage, tfrecord_dir, manifest, crop_frames, seed):
   """An endless dataset of one cumulative stage (see the module docstring); elements are songs."""
   import tensorflow as tf
 
-  from tfcmir.data import pipeline
-  from tfcmir.prepare import records
+  from tfcmir import shards
+  from tfcmir.train import pipeline
+
   schema = manifest["schema"]
   files = [os.path.join(tfrecord_dir, s["file"]) for s in manifest["shards"]
            if s["split"] == "train" and s["records"] > 0]
@@ -102,14 +104,14 @@ def stage_dataset(stage, tfrecord_dir, manifest, crop_frames, seed):
                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).repeat()
   if stage == "read":
     return ds
-  spec = records.features(schema["max_genres"], schema["cf_dim"])
+  spec = shards.features(schema["max_genres"], schema["cf_dim"])
   bands = schema["bands"]
 
   def parse(serialized):
     return tf.io.parse_single_example(serialized, spec)
 
   def decode(serialized):
-    example = records.parse(serialized, schema["max_genres"], schema["cf_dim"], bands)
+    example = shards.parse(serialized, schema["max_genres"], schema["cf_dim"], bands)
     return dict(example, mel=pipeline.crop(example["mel"], crop_frames, True, seed))
 
   def crop(serialized):
@@ -169,8 +171,10 @@ def worker(args):
   common.pin_threads(int(args.cores))
   import tensorflow as tf  # noqa: F401  (after pinning)
 
-  from tfcmir.data import pipeline
-  manifest = pipeline.read_manifest(args.tfrecord_dir)
+  from tfcmir import shards
+  from tfcmir.train import pipeline
+
+  manifest = shards.read_manifest(args.tfrecord_dir)
   results = {}
   for stage in args.stages.split(","):
     if stage == "dataset":

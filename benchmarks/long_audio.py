@@ -5,7 +5,7 @@
     python benchmarks/long_audio.py --write         # also writes benchmarks/results/<date>-long-audio.md
 
 Each length is a synthetic 44.1 kHz stereo FLAC (tones and noise), written block by block. One child
-process per file and path embeds it with `embed.embed_files` and an untrained demo-size export (memory
+process per file and path embeds it with `inference.embed_files` and an untrained demo-size export (memory
 does not depend on the weights) and reports its peak resident memory, VmHWM from /proc/self/status
 (ru_maxrss of a child would include what the fork inherited), and its resident memory before the file,
 with TensorFlow and the model loaded:
@@ -56,17 +56,18 @@ def write_synthetic(path, minutes, seed=0):
 
 
 def make_export(folder):
-  """An untrained demo-size audio tower saved as an export embed.Encoder loads."""
+  """An untrained demo-size audio tower saved as an export inference.Encoder loads."""
   import keras
   import tensorflow as tf
 
   from tfcmir import export, safeio
+  from tfcmir.model import checkpoint as checkpoint_lib
   from tfcmir.model import contrastive
   keras.utils.set_random_seed(0)
   config = contrastive.model_config("bline_cf", (41, 16), 32, channels=[16, 16, 32, 32, 32, 32, 64],
                                     hidden_dim=256, embedding_dim=256)
   model = contrastive.build_model(config)
-  model.build_from_batch(export.dummy_batch(config))
+  model.build_from_batch(checkpoint_lib.dummy_batch(config))
   tower = export.AudioTower(model)
   tf.saved_model.save(tower, os.path.join(folder, "saved_model", "1"),
                       signatures={"serving_default": tower.serve_mel})
@@ -75,8 +76,8 @@ def make_export(folder):
 
 def child(path, export_dir, mode):
   """Embeds `path` once; prints JSON: peak and starting resident memory (MB), seconds, patches."""
-  from tfcmir import audio, embed
-  encoder = embed.Encoder(export_dir)
+  from tfcmir import audio, inference
+  encoder = inference.Encoder(export_dir)
   encoder(np.zeros((1, 256, 48), np.float32))  # the first call's allocations belong to the baseline
   if mode == "whole":
     def whole_patches(p, **frontend):
@@ -84,10 +85,10 @@ def child(path, export_dir, mode):
       mel = audio.mel_spectrogram(waveform, **frontend)
       patches = np.asarray(audio.split_patches(mel[None], 256))[0]
       return patches, len(mel) < 256, len(waveform) / audio.SAMPLE_RATE
-    embed.file_patches = whole_patches
+    inference.file_patches = whole_patches
   before = status_kb("VmRSS")
   started = time.time()
-  rows, _, skipped = embed.embed_files([path], encoder, progress=False)
+  rows, _, skipped = inference.embed_files([path], encoder, progress=False)
   assert not skipped, skipped
   print(json.dumps({"peak_mb": status_kb("VmHWM") / 1024, "before_mb": before / 1024,
                     "seconds": time.time() - started, "patches": rows[0]["patches"]}))
@@ -142,7 +143,7 @@ def main():
       f"# Long audio: peak memory against file length, {datetime.date.today()} ({cpu_class()})", "",
       "```", "python benchmarks/long_audio.py" + (" --quick" if args.quick else ""), "```", "",
       common.machine_line(), "",
-      "44.1 kHz stereo FLAC, embedded by `embed.embed_files` (untrained demo-size export) in a child "
+      "44.1 kHz stereo FLAC, embedded by `inference.embed_files` (untrained demo-size export) in a child "
       "process per row; peak = VmHWM, baseline = resident memory with TensorFlow and the model "
       "loaded, before the file. Target: a one-hour file under 1 GB peak.", "",
       common.table(headers, rows)])

@@ -108,7 +108,7 @@ def child_metadata(args):
 
   from tfcmir.data import melon
   from tfcmir.prepare import genres as genres_lib
-  from tfcmir.prepare import shards, split as split_lib, steps
+  from tfcmir.prepare import sharding, split as split_lib, steps
 
   figures = {}
   started = time.perf_counter()
@@ -129,9 +129,9 @@ def child_metadata(args):
   figures["word2vec"] = time.perf_counter() - started
   started = time.perf_counter()
   cf = np.zeros((len(corpus.songs), 300), np.float32)  # what WARP hands over
-  entries = [shards.Entry(s.song_id, str(a), vectors.ids(s.genres, 10), cf[i], True, s.mel_path,
+  entries = [sharding.Entry(s.song_id, str(a), vectors.ids(s.genres, 10), cf[i], True, s.mel_path,
                           s.audio_path) for i, (s, a) in enumerate(zip(corpus.songs, assignment))]
-  tasks = shards.plan(entries, 740, args.out, BANDS, 256, False)
+  tasks = sharding.plan(entries, 740, args.out, BANDS, 256, False)
   figures["plan"] = time.perf_counter() - started
   figures.update(songs=len(corpus.songs), playlists=len(corpus.playlists), shards=len(tasks),
                  peak_gb=common.peak_rss_gb())

@@ -9,7 +9,7 @@
 TF_ENABLE_ONEDNN_OPTS; tfcmir turns them on by default, TensorFlow alone only on CPUs with AVX512_VNNI,
 AVX512_BF16 or AMX), and reports which kernels actually ran. Each configuration (float32; float32 + XLA `jit_compile`; mixed bfloat16, on CPUs with AVX512_BF16
 or AMX; mixed + XLA) runs in its own subprocess, so its peak memory is its own. A subprocess builds the
-model as `tfcmir.train.train` does (same strategy, precision policy, model, Adam with weight decay,
+model as `tfcmir.train.loop.train` does (same strategy, precision policy, model, Adam with weight decay,
 `compile(jit_compile=...)`) and runs `fit` on one synthetic batch repeated in memory, so the input
 pipeline is not measured. Songs/s is batch / the median step time (each step timed from Keras'
 batch-begin to batch-end callbacks, after warm-up steps that include tracing and XLA compilation).
@@ -136,15 +136,16 @@ def synthetic_batch(batch, seed=0):
 
 
 def build(size, mixed, jit, batch):
-  """The model, compiled as tfcmir.train.train compiles it, and an endless dataset of one batch."""
+  """The model, compiled as tfcmir.train.loop.train compiles it, and an endless dataset of one batch."""
   import keras
   import tensorflow as tf
 
-  from tfcmir import train
   from tfcmir.model import contrastive
+  from tfcmir.train import cluster as cluster_lib
+  from tfcmir.train import optimizer as optimizer_lib
   keras.utils.set_random_seed(0)
-  policy = train.set_precision(mixed)
-  strategy = train.make_strategy()
+  policy = optimizer_lib.set_precision(mixed)
+  strategy = cluster_lib.make_strategy()
   data = synthetic_batch(batch)
   table = np.random.default_rng(1).normal(0, 0.3, (GENRE_VOCAB + 1, GENRE_DIM)).astype(np.float32)
   dataset = tf.data.Dataset.from_tensors(data).repeat()

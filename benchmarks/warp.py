@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 import common
+from tfcmir.data import generator
 from tfcmir import flags as tfcmir_flags
 from tfcmir.prepare import warp
 
@@ -158,8 +159,7 @@ def prepare_settings():
 def lightfm_matrix(size, seed, scale=1):
   """(name, song x playlist matrix) for a size of the LightFM comparison."""
   if size == "demo":
-    from tfcmir.data import demo
-    _, _, ids, _, playlists = demo.sample_melon(np.random.default_rng(seed), demo.DemoConfig(seed=seed))
+    _, _, ids, _, playlists = generator.sample_melon(np.random.default_rng(seed), generator.DemoConfig(seed=seed))
     row = {int(s): i for i, s in enumerate(ids)}
     cols = np.repeat(np.arange(len(playlists)), [len(p["songs"]) for p in playlists])
     rows = [row[s] for p in playlists for s in p["songs"]]

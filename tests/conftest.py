@@ -1,48 +1,18 @@
-"""Shared fixtures: the real-audio excerpts, a small demo dataset, and Essentia in its own process."""
+"""Shared fixtures (a small demo dataset, its preparation) and the order of the test files; the helpers
+they and the tests share are in helpers.py."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-REAL_AUDIO = os.path.join(HERE, "fixtures", "real-audio")
-REAL_FILES = sorted(f for f in os.listdir(REAL_AUDIO) if f.rsplit(".", 1)[-1] in ("wav", "flac", "ogg",
-                                                                                   "mp3"))
-
-# A demo small enough for the fast tests (a few seconds to build) yet with every layout and structure.
-SMALL_DEMO = dict(seed=3, songs=500, playlists=240, seconds=6.0, missing_mel=0.03, gtzan_per_genre=8,
-                  jamendo_tracks=60)
-
-
-def run_essentia(*pairs, level="essentia"):
-  """Runs tests/tools/essentia_mel.py on (input, output.npy) pairs in a separate process.
-
-  `level`: the window normalisation, "essentia" (normalized=True) or "authors" (normalized=False).
-
-  Essentia's pip build bundles libtensorflow 2.5, and importing it after TensorFlow aborts the process.
-  """
-  args = [a for pair in pairs for a in pair]
-  result = subprocess.run([sys.executable, os.path.join(HERE, "tools", "essentia_mel.py"),
-                           f"--level={level}", *args],
-                          capture_output=True, text=True, timeout=300)
-  if result.returncode:
-    raise RuntimeError(f"essentia_mel.py failed:\n{result.stderr[-3000:]}")
-
-
-def run_module(module, *args, timeout=600, cwd=ROOT):
-  """Runs `python -m module args` as a user would; returns the CompletedProcess."""
-  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                        timeout=timeout, cwd=cwd)
+from helpers import FAST_PREPARE, SMALL_DEMO
 
 
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory):
-  from tfcmir.data import demo
+  from tfcmir.data import generator
   out = str(tmp_path_factory.mktemp("demo") / "data")
-  demo.generate(out, demo.DemoConfig(**SMALL_DEMO), workers=2)
+  generator.generate(out, generator.DemoConfig(**SMALL_DEMO), workers=2)
   return out
 
 
@@ -55,11 +25,6 @@ def small_prepared(small_demo, tmp_path_factory):
   corpus = melon.read_melon(os.path.join(small_demo, "melon"))
   manifest = steps.prepare(corpus, out, FAST_PREPARE(), workers=2, progress=False)
   return corpus, out, manifest
-
-
-def FAST_PREPARE():  # noqa: N802  (a constant, built lazily so conftest does not import TensorFlow)
-  from tfcmir.prepare import steps
-  return steps.PrepareConfig(seed=0, cf_dim=32, genre_dim=16, warp_epochs=5, shard_mb=8)
 
 
 def pytest_collection_modifyitems(config, items):

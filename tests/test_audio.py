@@ -8,7 +8,7 @@ import soundfile as sf
 import soxr
 import tensorflow as tf
 
-from conftest import REAL_AUDIO, REAL_FILES, run_essentia
+from helpers import REAL_AUDIO, REAL_FILES, run_essentia
 from tfcmir import audio
 
 # Same waveform into both chains: what is left is float32 FFT rounding (0.0034 dB measured).

@@ -20,14 +20,17 @@ pytest.importorskip("apache_beam")
 
 import apache_beam as beam  # noqa: E402
 
-from conftest import FAST_PREPARE, REAL_AUDIO, REAL_FILES, ROOT  # noqa: E402
-from tfcmir import embed  # noqa: E402
-from tfcmir.beam import options, outputs  # noqa: E402
+from helpers import FAST_PREPARE, REAL_AUDIO, REAL_FILES, ROOT  # noqa: E402
+from tfcmir.model import checkpoint as checkpoint_lib
+from tfcmir import embeddings, inference, safeio, shards
+from tfcmir.train import pipeline
+from tfcmir.beam import options  # noqa: E402
 from tfcmir.beam import embed as beam_embed  # noqa: E402
 from tfcmir.beam import prepare as beam_prepare  # noqa: E402
-from tfcmir.data import melon, pipeline  # noqa: E402
-from tfcmir.data.corpus import Corpus, InputError, Problems  # noqa: E402
-from tfcmir.prepare import records, steps  # noqa: E402
+from tfcmir.data import melon  # noqa: E402
+from tfcmir.errors import InputError
+from tfcmir.data.corpus import Corpus, Problems  # noqa: E402
+from tfcmir.prepare import steps  # noqa: E402
 
 FAST = FAST_PREPARE()
 # The CLI flags that give FAST (tests/conftest.py), so a command-line run shares small_prepared's steps.
@@ -76,7 +79,7 @@ def _records(out):
   for shard in manifest["shards"]:
     for serialized in tf.data.TFRecordDataset(os.path.join(out, shard["file"])):
       raw = serialized.numpy()
-      rec = records.parse_numpy(raw, schema["max_genres"], schema["cf_dim"], schema["bands"])
+      rec = shards.parse_numpy(raw, schema["max_genres"], schema["cf_dim"], schema["bands"])
       assert int(rec["song_id"]) not in found, "a song written twice"
       found[int(rec["song_id"])] = (raw, rec, shard["split"])
   return manifest, found
@@ -117,8 +120,8 @@ def test_beam_prepare_command_writes_the_local_records(small_demo, small_prepare
   for shard in manifest["shards"]:
     path = os.path.join(out, shard["file"])
     assert os.path.getsize(path) == shard["bytes"]
-    assert steps.shards.sha256_file(path) == shard["sha256"]
-  pipeline.verify_shards(out, manifest, level="records")
+    assert safeio.sha256_file(path) == shard["sha256"]
+  shards.verify_shards(out, manifest, level="records")
   assert not [n for n in os.listdir(out) if n.startswith((".", "beam-temp"))]  # nothing left over
   # The training reader takes it unchanged.
   batch = next(iter(pipeline.dataset(out, "train", batch_size=8, training=True, seed=0,
@@ -233,7 +236,7 @@ def test_a_stuck_run_stops_at_the_timeout():
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
-  """An export as tfcmir.embed.Encoder reads it (manifest + SavedModel), of an untrained small tower."""
+  """An export as tfcmir.inference.Encoder reads it (manifest + SavedModel), of an untrained small tower."""
   import keras
 
   from tfcmir import export
@@ -243,7 +246,7 @@ def tiny_export(tmp_path_factory):
   config = contrastive.model_config("bline_cf", (41, 16), 32, channels=[8, 8, 16, 16, 16, 16, 32],
                                     hidden_dim=64, embedding_dim=32)
   model = contrastive.build_model(config)
-  model.build_from_batch(export.dummy_batch(config))
+  model.build_from_batch(checkpoint_lib.dummy_batch(config))
   tower = export.AudioTower(model)
   out = tmp_path_factory.mktemp("tiny_export")
   tf.saved_model.save(tower, str(out / "saved_model" / "1"),
@@ -260,12 +263,12 @@ def audio_files(tmp_path_factory):
   for name in REAL_FILES:
     shutil.copy(os.path.join(REAL_AUDIO, name), folder)
   (folder / "broken.wav").write_bytes(b"RIFF not audio")
-  return embed.find_audio([str(folder)])
+  return inference.find_audio([str(folder)])
 
 
 @pytest.fixture(scope="module")
 def local_embeddings(tiny_export, audio_files):
-  rows, per_patch, skipped = embed.embed_files(audio_files, embed.Encoder(tiny_export), progress=False)
+  rows, per_patch, skipped = inference.embed_files(audio_files, inference.Encoder(tiny_export), progress=False)
   return rows, per_patch, skipped
 
 
@@ -293,8 +296,8 @@ def test_beam_embed_command_matches_the_local_embed(tiny_export, audio_files, lo
   assert f"skipped {os.path.join(folder, 'broken.wav')}: cannot be decoded" in result.stdout
   assert sorted(n for n in os.listdir(out) if n.endswith(".parquet")) == [
       "embeddings-00000-of-00002.parquet", "embeddings-00001-of-00002.parquet"]
-  _assert_matches_local(outputs.read_embeddings(out), local_embeddings,
-                        os.path.join(out, outputs.SKIPPED))
+  _assert_matches_local(embeddings.read_embeddings(out), local_embeddings,
+                        os.path.join(out, embeddings.SKIPPED))
 
 
 def test_beam_embed_tfrecord_outputs_match_the_local_embed(tiny_export, audio_files,
@@ -307,8 +310,8 @@ def test_beam_embed_tfrecord_outputs_match_the_local_embed(tiny_export, audio_fi
                             batch_patches=3, per_patch=True)
   assert manifest["embedded"] == len(REAL_FILES) and manifest["skipped"] == 1
   assert not os.path.exists(stale)
-  _assert_matches_local(outputs.read_embeddings(out), local_embeddings,
-                        os.path.join(out, outputs.SKIPPED))
+  _assert_matches_local(embeddings.read_embeddings(out), local_embeddings,
+                        os.path.join(out, embeddings.SKIPPED))
 
 
 # --- Options, flags, install. --------------------------------------------------------------------------

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REAL_AUDIO
+from helpers import REAL_AUDIO
 from tfcmir.data.catalogue import genre_code, parse_genres, read_catalogue, read_m3u
-from tfcmir.data.corpus import InputError, Problems
+from tfcmir.errors import InputError, Problems
 
 CAFE = "Café Ñandú"  # Latin-1 characters only, so the same name can be written in a Latin-1 .m3u
 CSV = f"""path,genres,title

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from annoy import AnnoyIndex
 
-from tfcmir.data.corpus import InputError
+from tfcmir.errors import InputError
 from tfcmir.evaluate import continuation as cont
 from tfcmir.evaluate import metrics
 

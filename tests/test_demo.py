@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import SMALL_DEMO, run_module
-from tfcmir.data import demo, pipeline, probes, synth
+from helpers import SMALL_DEMO, run_module
+from tfcmir.data import generator
+from tfcmir import shards
+from tfcmir.data import structure
+from tfcmir.data import synth
 
 MELON_SONG_FIELDS = {"id", "album_id", "artist_id_basket", "artist_name_basket", "song_name",
                      "song_gn_gnr_basket", "song_gn_dtl_gnr_basket", "issue_date"}
@@ -47,7 +50,7 @@ def test_melon_layout(small_demo):
     assert mel.shape == (48, frames) and mel.dtype == np.float32
     assert -200 <= mel.min() and mel.max() < 0 and mel.std() > 5
   # Some songs lack a mel file, as in the real dataset, and the manifest counts them.
-  manifest = demo.read_manifest(small_demo)
+  manifest = generator.read_manifest(small_demo)
   assert with_mel == manifest["counts"]["melon"]["songs_with_mel"] < len(meta)
   playlists = {name: _json(os.path.join(melon, f"{name}.json")) for name in ("train", "val", "test")}
   assert len(playlists["train"]) > 4 * len(playlists["val"])
@@ -108,17 +111,17 @@ def test_mtg_jamendo_layout(small_demo):
 
 
 def test_demo_is_deterministic_and_worker_count_free(tmp_path):
-  config = demo.DemoConfig(seed=5, songs=60, playlists=20, seconds=4.5, gtzan_per_genre=4,
+  config = generator.DemoConfig(seed=5, songs=60, playlists=20, seconds=4.5, gtzan_per_genre=4,
                            jamendo_tracks=20)
-  a = demo.generate(str(tmp_path / "a"), config, workers=1)
-  demo.generate(str(tmp_path / "b"), config, workers=2)
-  assert demo.digest(str(tmp_path / "a")) == demo.digest(str(tmp_path / "b"))
-  other = demo.DemoConfig(**{**config.__dict__, "seed": 6})
-  demo.generate(str(tmp_path / "c"), other, workers=2)
-  assert demo.digest(str(tmp_path / "a")) != demo.digest(str(tmp_path / "c"))
+  a = generator.generate(str(tmp_path / "a"), config, workers=1)
+  generator.generate(str(tmp_path / "b"), config, workers=2)
+  assert generator.digest(str(tmp_path / "a")) == generator.digest(str(tmp_path / "b"))
+  other = generator.DemoConfig(**{**config.__dict__, "seed": 6})
+  generator.generate(str(tmp_path / "c"), other, workers=2)
+  assert generator.digest(str(tmp_path / "a")) != generator.digest(str(tmp_path / "c"))
   # A complete dataset with the same settings is left alone; a stale partial one is never used.
   stamp = os.path.getmtime(tmp_path / "a" / "melon" / "song_meta.json")
-  assert demo.generate(str(tmp_path / "a"), config, workers=1) == a
+  assert generator.generate(str(tmp_path / "a"), config, workers=1) == a
   assert os.path.getmtime(tmp_path / "a" / "melon" / "song_meta.json") == stamp
   assert not os.path.exists(str(tmp_path / "a") + ".partial")
 
@@ -130,13 +133,13 @@ def test_genres_are_one_to_three_and_taxonomy_is_two_level(small_demo):
 
 
 @pytest.fixture(scope="module")
-def structure(small_demo):
-  return probes.demo_structure(small_demo)
+def found(small_demo):
+  return structure.demo_structure(small_demo)
 
 
-def test_demo_data_carries_learnable_structure(structure):
+def test_demo_data_carries_learnable_structure(found):
   """If the generator lost its structure (genres not audible, playlists random), this fails."""
-  report = structure
+  report = found
   genre_acc, genre_chance = report["genre"]
   assert genre_acc >= 0.6 and genre_acc >= 3 * genre_chance
   assert report["gtzan"][0] >= 0.4  # a classifier fit on the Melon demo transfers to GTZAN
@@ -146,13 +149,13 @@ def test_demo_data_carries_learnable_structure(structure):
   assert hit > report["playlist_genre_only"][0]  # ...beyond what genre explains
 
 
-def test_structure_probes_can_fail(small_demo, structure):
+def test_structure_probes_can_fail(small_demo, found):
   """Negative control: with labels and memberships shuffled, the probes lose what they found."""
-  report = probes.demo_structure(small_demo, shuffle_labels=True)
+  report = structure.demo_structure(small_demo, shuffle_labels=True)
   assert report["genre"][0] < 0.3
   assert report["energy"][0] < 0.1
   # Shuffled memberships keep song popularity, which alone beats random a little.
-  assert report["playlist"][0] < 0.6 * structure["playlist"][0]
+  assert report["playlist"][0] < 0.6 * found["playlist"][0]
 
 
 MAIN_JOB_EPOCHS = 10
@@ -175,11 +178,11 @@ def test_main_job_runs_on_the_default_demo(tmp_path):
                       f"--epochs={MAIN_JOB_EPOCHS}", timeout=1200)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "done: the whole pipeline ran on the demo data" in result.stdout
-  manifest = demo.read_manifest(out)
+  manifest = generator.read_manifest(out)
   assert manifest["counts"]["melon"]["songs"] == 1500
   assert manifest["bytes"] < 500 * 2 ** 20
-  shards = pipeline.read_manifest(str(tmp_path / "tfrecords"))
-  assert sum(shards["counts"]["songs"].values()) == manifest["counts"]["melon"]["songs_with_mel"]
+  prepared = shards.read_manifest(str(tmp_path / "tfrecords"))
+  assert sum(prepared["counts"]["songs"].values()) == manifest["counts"]["melon"]["songs_with_mel"]
   line = next(l for l in result.stdout.splitlines() if l.startswith("held-out test songs"))
   trained, untrained, chance = (float(line.split(f"{k} ")[1].split(",")[0])
                                 for k in ("trained", "untrained", "chance"))

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import HERE, REAL_AUDIO, REAL_FILES, ROOT, run_module
-from tfcmir import audio, embed, export, train
-from tfcmir.data.corpus import InputError
+from helpers import HERE, REAL_AUDIO, REAL_FILES, ROOT, run_module
+from tfcmir.model import checkpoint as checkpoint_lib
+from tfcmir import audio, export, inference, safeio
+from tfcmir.train import loop
+from tfcmir.errors import InputError
 from tfcmir.model import contrastive
 from tfcmir.prepare import genres
 
@@ -27,7 +29,7 @@ def exported(small_prepared, tmp_path_factory):
                                     channels=[8, 8, 16, 16, 16, 16, 32], hidden_dim=64,
                                     embedding_dim=32)
   run_dir = str(root / "run")
-  train.train(tfrecord_dir, run_dir, config, epochs=3, batch_size=32, learning_rate=1e-3,
+  loop.train(tfrecord_dir, run_dir, config, epochs=3, batch_size=32, learning_rate=1e-3,
               weight_decay=1e-4, steps_per_epoch=8, verbose=0)
   out = str(root / "demo_model")
   manifest = export.export(run_dir, out, tfrecord_dir=tfrecord_dir)
@@ -43,7 +45,7 @@ def _rest(instances):
 
 def test_saved_model_serves_the_rest_contract(exported):
   run_dir, out, manifest = exported
-  model, _, _ = export.load_trained(run_dir)
+  model, _, _ = checkpoint_lib.load_trained(run_dir)
   loaded = tf.saved_model.load(os.path.join(out, "saved_model", "1"))
   assert set(loaded.signatures) == {"serving_default", "from_waveform", "genres"}
   rng = np.random.default_rng(0)
@@ -154,7 +156,7 @@ def test_onnx_conversion_names_the_op_tf2onnx_cannot_convert(exported):
   (which only logs such failures) leaves a ComplexAbs node that no runtime has. If a tf2onnx release
   converts it, this fails, and the plain front end can go back in."""
   run_dir, _, _ = exported
-  model, _, _ = export.load_trained(run_dir)
+  model, _, _ = checkpoint_lib.load_trained(run_dir)
   tower = export.AudioTower(model, dft="fft")  # held: a tf.function method keeps only a weak reference
   with pytest.raises(RuntimeError, match="graph of from_waveform: ComplexAbs$"):
     export.convert_onnx(tower.from_waveform)
@@ -165,7 +167,7 @@ def test_export_manifest_checksums_and_atomicity(exported, monkeypatch, tmp_path
   on_disk = json.load(open(os.path.join(out, "export_manifest.json")))
   assert on_disk["versions"]["tensorflow"] == tf.__version__
   for rel, digest in on_disk["files"].items():
-    assert export.sha256_file(os.path.join(out, rel)) == digest
+    assert safeio.sha256_file(os.path.join(out, rel)) == digest
   assert on_disk["verification"]["saved_model_vs_keras"] < 1e-5
   assert {"onnx/audio_mel.onnx", "onnx/audio_waveform.onnx"} <= set(on_disk["files"])
   assert on_disk["verification"]["onnx_mel_vs_saved_model"] <= 1e-5
@@ -208,9 +210,9 @@ def test_embed_real_excerpts_same_from_saved_model_tflite_and_onnx(exported, tmp
 def test_embed_neighbours_share_genre(exported, small_demo, tmp_path):
   _, out, _ = exported
   gtzan = os.path.join(small_demo, "gtzan")
-  encoder = embed.Encoder(out)
-  paths = embed.find_audio([gtzan])
-  rows, per_patch, skipped = embed.embed_files(paths, encoder, progress=False)
+  encoder = inference.Encoder(out)
+  paths = inference.find_audio([gtzan])
+  rows, per_patch, skipped = inference.embed_files(paths, encoder, progress=False)
   assert not skipped and len(rows) == len(paths)
   x = np.stack([p.mean(0) for p in per_patch])
   x = (x - x.mean(0)) / (x.std(0) + 1e-9)
@@ -262,7 +264,7 @@ def test_baselines_export_without_a_genre_tower(small_prepared, tmp_path, monkey
   config = contrastive.model_config("bline_cf_g", table.shape, manifest["schema"]["cf_dim"],
                                     channels=[4, 4, 8, 8, 8, 8, 16], hidden_dim=32, embedding_dim=16)
   run_dir = str(tmp_path / "run")
-  train.train(tfrecord_dir, run_dir, config, epochs=1, batch_size=32, learning_rate=1e-3,
+  loop.train(tfrecord_dir, run_dir, config, epochs=1, batch_size=32, learning_rate=1e-3,
               weight_decay=0, steps_per_epoch=1, verbose=0)
   # Without the converter (the [onnx] extra) the export goes on, and says what it did not write.
   monkeypatch.setitem(sys.modules, "tf2onnx", None)  # `import tf2onnx` raises ImportError
@@ -273,7 +275,7 @@ def test_baselines_export_without_a_genre_tower(small_prepared, tmp_path, monkey
       f"audio_{kind}.onnx": "tf2onnx is not installed (pip install -e '.[onnx]')"
       for kind in ("mel", "waveform")}
   with pytest.raises(InputError, match="has no ONNX model"):
-    embed.Encoder(str(tmp_path / "bline"), "onnx")
+    inference.Encoder(str(tmp_path / "bline"), "onnx")
   from tfcmir.beam import embed as beam_embed
   with pytest.raises(InputError, match="onnx/audio_mel.onnx: this export has no such ONNX model"):
     beam_embed._check_export(str(tmp_path / "bline"), "onnx")  # before any Beam worker starts
@@ -293,5 +295,5 @@ def test_a_changed_tflite_byte_is_named_at_load(exported, tmp_path):
       f.seek(os.path.getsize(path) // 2)
       f.write(b"\xff\xff\xff\x7f")
     with pytest.raises(InputError, match=f"^{path}: damaged"):
-      embed.Encoder(copy, artifact)
-    embed.Encoder(copy, "saved_model")  # the other artifact is intact and loads
+      inference.Encoder(copy, artifact)
+    inference.Encoder(copy, "saved_model")  # the other artifact is intact and loads

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import HERE, REAL_AUDIO
-from tfcmir import audio
-from tfcmir import export_essentia
+from helpers import HERE, REAL_AUDIO
+from tfcmir import audio, export_essentia
 from tfcmir.model.encoders import AudioEncoder
 
 # Same graph, same float32 arithmetic, two TensorFlow builds: only kernel rounding differs (~1e-7).

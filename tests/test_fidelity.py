@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcmir import train
-from tfcmir.model import contrastive, probe
+from tfcmir.model import checkpoint as checkpoint_lib
+from tfcmir.train import loop
+from tfcmir.train import optimizer as optimizer_lib
+from tfcmir.train import probe
+from tfcmir.model import contrastive
 
 TINY = dict(channels=[4, 4, 8, 8, 8, 8, 16], hidden_dim=32, embedding_dim=16)
 
@@ -33,7 +36,7 @@ def test_weight_decay_forms_match_numpy(form):
   grads = [np.array([0.1, 0.0, -0.2, 0.05], np.float32), np.array([-0.05, 0.0, 0.1, 0.0], np.float32)]
   lr, decay = 0.1, 0.05
   variable = keras.Variable(w0)
-  optimizer = train.make_optimizer(lr, decay, form)
+  optimizer = optimizer_lib.make_optimizer(lr, decay, form)
   for g in grads:
     optimizer.apply([tf.constant(g)], [variable])
   expected = _numpy_adam(w0, grads, lr, l2=decay if form == "l2" else 0.0,
@@ -48,7 +51,7 @@ def test_l2_is_the_default():
   from absl import flags
   from tfcmir import flags as _  # noqa: F401
   assert flags.FLAGS["weight_decay_form"].default == "l2"
-  assert isinstance(train.make_optimizer(1e-4, 1e-4), train.AdamL2)
+  assert isinstance(optimizer_lib.make_optimizer(1e-4, 1e-4), optimizer_lib.AdamL2)
 
 
 def _tiny(tfrecord_dir, manifest):
@@ -64,19 +67,19 @@ def test_float16_loss_scale_is_built_checkpointed_and_resumed(small_prepared, tm
   kwargs = dict(batch_size=32, learning_rate=1e-3, weight_decay=1e-4, steps_per_epoch=2, verbose=0,
                 mixed_precision="mixed_float16")
   try:
-    summary = train.train(tfrecord_dir, run_dir, config, epochs=1, **kwargs)
+    summary = loop.train(tfrecord_dir, run_dir, config, epochs=1, **kwargs)
     optimizer = summary["model"].optimizer
     assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     keys = [name for name, _ in tf.train.list_variables(latest)]
     assert any("optimizer" in k and "dynamic_scale" in k for k in keys), keys
     # A loss scale no run reaches on its own (it only halves or doubles from 2^15) ...
-    checkpoint = train.make_checkpoint(summary["model"], optimizer)
+    checkpoint = checkpoint_lib.make_checkpoint(summary["model"], optimizer)
     checkpoint.restore(latest).assert_consumed()
     optimizer.dynamic_scale.assign(3.0)
     tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"), 5).save()
     # ... comes back on resume: the scale after two more steps is 3 times a power of two.
-    resumed = train.train(tfrecord_dir, run_dir, config, epochs=2, **kwargs)
+    resumed = loop.train(tfrecord_dir, run_dir, config, epochs=2, **kwargs)
     assert resumed["resumed_from_epoch"] == 1 and resumed["policy"] == "mixed_float16"
     scale = float(resumed["model"].optimizer.dynamic_scale.numpy())
     assert np.log2(scale / 3.0) == pytest.approx(round(np.log2(scale / 3.0)))
@@ -88,7 +91,7 @@ def test_probe_is_skipped_with_a_reason_when_too_small():
   assert probe.probe_problem(np.array([1, 1, 1, 2, 2, 3])) == (
       "6 songs, 0 genre(s) with >= 5 songs; the 5-fold probe needs two")
   assert probe.probe_problem(np.array([1] * 5 + [2] * 5)) is None
-  assert "skipped" in train.format_summary(
+  assert "skipped" in loop.format_summary(
       {"mode": "contr_cf_g", "model_dir": "r", "epochs": 1, "seconds": 1, "songs_per_second": 1,
        "replicas": 1, "policy": "float32", "resumed_from_epoch": None, "best_val_loss": None},
       {"skipped": "test split: 3 songs"})
@@ -97,16 +100,15 @@ def test_probe_is_skipped_with_a_reason_when_too_small():
 def test_probe_uses_the_best_weights(small_prepared, tmp_path):
   _, tfrecord_dir, manifest = small_prepared
   config, run_dir = _tiny(tfrecord_dir, manifest), str(tmp_path / "run")
-  summary = train.train(tfrecord_dir, run_dir, config, epochs=1, batch_size=32, learning_rate=1e-3,
+  summary = loop.train(tfrecord_dir, run_dir, config, epochs=1, batch_size=32, learning_rate=1e-3,
                         weight_decay=1e-4, steps_per_epoch=2, verbose=0)
   model = summary["model"]
   kernel = model.audio_encoder.trainable_variables[0]
   kernel.assign(tf.zeros_like(kernel))  # as if the last epoch had wrecked the weights
-  result = train.genre_probe(model, config, tfrecord_dir, manifest, run_dir)
+  result = loop.genre_probe(model, config, tfrecord_dir, run_dir)
   assert "trained" in result
   best = contrastive.build_model(config)
-  from tfcmir import export
-  best.build_from_batch(export.dummy_batch(config))
+  best.build_from_batch(checkpoint_lib.dummy_batch(config))
   best.load_weights(os.path.join(run_dir, "best.weights.h5"))
   np.testing.assert_array_equal(kernel.numpy(), best.audio_encoder.trainable_variables[0].numpy())
   assert np.any(kernel.numpy() != 0)
@@ -115,7 +117,7 @@ def test_probe_uses_the_best_weights(small_prepared, tmp_path):
 def test_export_takes_the_run_s_own_genre_vocabulary(tmp_path):
   import json
   from tfcmir import export
-  from tfcmir.data.corpus import InputError
+  from tfcmir.errors import InputError
   own, other, same = (tmp_path / n for n in ("own", "other", "copy"))
   for folder, fingerprint in ((own, "abc"), (other, "xyz"), (same, "abc")):
     folder.mkdir()

@@ -7,15 +7,14 @@ import os
 import pytest
 from absl import flags
 
-from conftest import ROOT, run_module
+from helpers import ROOT, run_module
 from tfcmir import flags as tfcmir_flags  # noqa: F401
 
 FLAGS = flags.FLAGS
 
 # ../shared/REFERENCE.md section 1 (the paper) and section 2 (the authors' code, where the paper is silent).
 PAPER_DEFAULTS = {
-    "mel_bands": 48, "crop_frames": 256, "sample_rate": 16000, "frame_size": 512, "hop_size": 256,
-    "genre_dim": 200, "max_genres": 10, "cf_dim": 300, "kernel_size": 3, "attention_heads": 4,
+    "crop_frames": 256, "genre_dim": 200, "max_genres": 10, "cf_dim": 300, "kernel_size": 3, "attention_heads": 4,
     "dropout": 0.5, "temperature": 0.1, "lambda_a2g": 1.0, "lambda_a2p": 1.0, "lambda_g2p": 1.0,
     "batch_size": 128, "learning_rate": 1e-4, "mode": "contr_cf_g",
     "conv_channels": ["128", "128", "256", "256", "256", "256", "512"],
@@ -25,6 +24,15 @@ PAPER_DEFAULTS = {
 @pytest.mark.parametrize("name, value", sorted(PAPER_DEFAULTS.items()))
 def test_defaults_are_the_papers(name, value):
   assert FLAGS[name].default == value
+
+
+def test_front_end_is_melons():
+  """Not flags (every export bakes the front end in): one set of constants, Melon's."""
+  from tfcmir import audio
+  assert (audio.SAMPLE_RATE, audio.FRAME_SIZE, audio.HOP_SIZE, audio.NUM_BANDS, audio.PATCH_FRAMES) == (
+      16000, 512, 256, 48, 256)
+  for gone in ("sample_rate", "frame_size", "hop_size", "mel_bands"):
+    assert gone not in FLAGS
 
 
 @pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(ROOT, "configs", "*.flags"))))
@@ -40,11 +48,11 @@ def test_every_config_parses(config):
     (["--mode=contrastive"], "mode"),
     (["--dropout=1.5"], "dropout"),
     (["--conv_channels=128,x"], "--conv_channels must be a comma-separated list of positive integers"),
-    (["--frame_size=512", "--hop_size=1024"], "--hop_size must not exceed --frame_size"),
+    (["--split_fractions=0.5,0.5,0.5"], "--split_fractions must be three positive numbers summing to 1"),
     (["--flagfile=/nonexistent/demo.flags"], "/nonexistent/demo.flags"),
 ])
 def test_bad_flags_stop_with_a_message_naming_them(args, message):
-  result = run_module("tfcmir.data.demo", *args)
+  result = run_module("tfcmir.data.generator", *args)
   assert result.returncode != 0
   assert message in result.stderr
   assert "Traceback" not in result.stderr

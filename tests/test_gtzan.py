@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from tfcmir.data.corpus import InputError
+from helpers import mel_statistics
+from tfcmir.errors import InputError
 from tfcmir.evaluate import gtzan
 
 
@@ -90,18 +91,11 @@ def test_fixed_seed_is_deterministic_and_missing_tracks_are_counted():
   assert first["skipped"]["test"] == 1 and first["test_tracks"] == 119
 
 
-def _mel_statistics(path, chunk=64):
-  """A stand-in encoder: per-band mean and deviation of each 64-frame chunk, (chunks, 96)."""
-  from tfcmir import audio
-  mel = audio.file_to_mel(path)
-  chunks = mel[:max(1, len(mel) // chunk) * chunk].reshape(-1, chunk, mel.shape[1])
-  return np.concatenate([chunks.mean(1), chunks.std(1)], axis=1)
-
 
 def test_demo_layout_beats_chance(small_demo):
   root = os.path.join(small_demo, "gtzan")
   split = gtzan.read_gtzan(root)
-  embeddings = {rel: _mel_statistics(os.path.join(root, rel)) for tracks in split.values()
+  embeddings = {rel: mel_statistics(os.path.join(root, rel)) for tracks in split.values()
                 for rel, _ in tracks}
   result = gtzan.evaluate_gtzan(embeddings, split, repetitions=2)
   assert len(result["classes"]) == 10

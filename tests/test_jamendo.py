@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from tfcmir.data.corpus import InputError
+from helpers import mel_statistics
+from tfcmir.errors import InputError
 from tfcmir.evaluate import jamendo
 
 HEADER = "TRACK_ID\tARTIST_ID\tALBUM_ID\tPATH\tDURATION\tTAGS"
@@ -105,19 +106,12 @@ def test_fixed_seed_is_deterministic_and_missing_tracks_are_counted():
   assert first["skipped"]["test"] == 1 and first["test_tracks"] == 59
 
 
-def _mel_statistics(path, chunk=64):
-  """A stand-in encoder: per-band mean and deviation of each 64-frame chunk, (chunks, 96)."""
-  from tfcmir import audio
-  mel = audio.file_to_mel(path)
-  chunks = mel[:max(1, len(mel) // chunk) * chunk].reshape(-1, chunk, mel.shape[1])
-  return np.concatenate([chunks.mean(1), chunks.std(1)], axis=1)
-
 
 def test_demo_layout_beats_chance(small_demo):
   root = os.path.join(small_demo, "mtg-jamendo")
   splits = jamendo.read_jamendo_split(root, "instrument", split=1)
   assert all(tags and tags[0].startswith("instrument---") for part in splits.values() for _, tags in part)
-  embeddings = {p: _mel_statistics(jamendo.audio_path(root, p)) for part in splits.values()
+  embeddings = {p: mel_statistics(jamendo.audio_path(root, p)) for part in splits.values()
                 for p, _ in part}  # patch statistics, averaged to the track by evaluate_jamendo
   result = jamendo.evaluate_jamendo(embeddings, splits, repetitions=1, epochs=40, batch_size=8)
   assert result["roc_auc_mean"] > 0.6  # chance is 0.5

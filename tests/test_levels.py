@@ -12,9 +12,10 @@ import types
 import numpy as np
 import pytest
 
-from conftest import FAST_PREPARE, REAL_AUDIO, REAL_FILES, run_essentia, run_module
-from tfcmir import audio, levels
-from tfcmir.data.corpus import InputError
+from helpers import FAST_PREPARE, REAL_AUDIO, REAL_FILES, run_essentia, run_module
+from tfcmir import audio, inference, levels
+from tfcmir.train import loop
+from tfcmir.errors import InputError
 
 TINY = dict(channels=[4, 4, 8, 8, 8, 8, 16], hidden_dim=32, embedding_dim=16)
 SONGS = 200  # of the small demo's Melon songs, given Essentia's mels
@@ -119,7 +120,7 @@ def essentia_corpora(small_demo, tmp_path_factory):
 @pytest.mark.parametrize("level", sorted(audio.LEVELS))
 def test_essentia_mels_of_either_convention_go_end_to_end(small_demo, essentia_corpora, tmp_path,
                                                           level):
-  from tfcmir import embed, export, train
+  from tfcmir import export
   from tfcmir.data import melon
   from tfcmir.model import contrastive
   from tfcmir.prepare import genres, steps
@@ -134,7 +135,7 @@ def test_essentia_mels_of_either_convention_go_end_to_end(small_demo, essentia_c
   table = genres.GenreVectors.load(tfrecord_dir).table
   config = contrastive.model_config("contr_cf_g", table.shape, manifest["schema"]["cf_dim"], **TINY)
   run_dir = str(tmp_path / "run")
-  train.train(tfrecord_dir, run_dir, config, epochs=2, batch_size=32, learning_rate=1e-3,
+  loop.train(tfrecord_dir, run_dir, config, epochs=2, batch_size=32, learning_rate=1e-3,
               weight_decay=1e-4, steps_per_epoch=4, verbose=0)
   assert json.load(open(os.path.join(run_dir, "config.json")))["frontend"] == {"level": level}
   out = str(tmp_path / "export")
@@ -146,9 +147,9 @@ def test_essentia_mels_of_either_convention_go_end_to_end(small_demo, essentia_c
   assert exported["level_statistics"]["songs"] > 0
 
   # embed of the audio files against the export applied to Essentia's stored mels.
-  encoder = embed.Encoder(out)
+  encoder = inference.Encoder(out)
   n = 16
-  rows, per_patch, skipped = embed.embed_files(wavs[:n], encoder, progress=False)
+  rows, per_patch, skipped = inference.embed_files(wavs[:n], encoder, progress=False)
   assert not skipped and not encoder.guard.flagged
   from_audio = np.stack([p.mean(0) for p in per_patch])
   from_mels = np.stack([encoder(np.asarray(audio.split_patches(m[None], 256))[0]).mean(0)

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import HERE, ROOT
+from helpers import HERE, ROOT
 
 TINY_FLAGS = ["--mode=contr_cf_g", "--conv_channels=4,4,8,8,8,8,16", "--hidden_dim=32",
               "--embedding_dim=16", "--batch_size=32", "--worker_timeout_s=60"]

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcmir.data import pipeline
-from tfcmir.prepare import records, shards
+from tfcmir import safeio, shards
+from tfcmir.train import pipeline
+
 
 BANDS, GENRES, CF = 48, 4, 6
 # Shorter than a crop, exactly one, one frame more, and a Melon-length song.
@@ -28,11 +29,11 @@ def _write_shards(out_dir):
     path = os.path.join(out_dir, name)
     with tf.io.TFRecordWriter(path) as writer:
       for song in songs:
-        writer.write(records.serialize(song, "train", _mel(song, LENGTHS[song]),
+        writer.write(shards.serialize(song, "train", _mel(song, LENGTHS[song]),
                                        np.arange(1, GENRES + 1), np.full(CF, song, np.float32),
                                        has_cf=song % 2 == 0))
     listed.append({"file": name, "split": "train", "records": len(songs),
-                   "bytes": os.path.getsize(path), "sha256": shards.sha256_file(path)})
+                   "bytes": os.path.getsize(path), "sha256": safeio.sha256_file(path)})
   manifest = {"schema": {"bands": BANDS, "max_genres": GENRES, "cf_dim": CF}, "shards": listed,
               "counts": {"songs": {"train": len(LENGTHS)}, "with_cf": {"train": 4}}}
   with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
@@ -61,7 +62,7 @@ def test_encoded_crop_equals_numpy_crop(frames):
   encoded = tf.constant(mel16.tobytes())
   centre = pipeline.crop_encoded(encoded, 256, BANDS, training=False)
   assert centre.dtype == tf.uint16 and centre.shape == (256, BANDS)  # float16 bit patterns
-  centre = records.mel_from_bits(centre)
+  centre = shards.mel_from_bits(centre)
   room = max(0, frames - 256)
   np.testing.assert_array_equal(centre.numpy(), _reference_crop(mel16, room // 2))
   # The decoded-mel crop of the old reader gives the same centre crop.
@@ -70,7 +71,7 @@ def test_encoded_crop_equals_numpy_crop(frames):
       pipeline.crop(tf.constant(mel16.astype(np.float32)), 256, training=False).numpy())
   starts = set()
   for _ in range(40):
-    crop = records.mel_from_bits(pipeline.crop_encoded(encoded, 256, BANDS, training=True)).numpy()
+    crop = shards.mel_from_bits(pipeline.crop_encoded(encoded, 256, BANDS, training=True)).numpy()
     found = _starts(crop, mel16)
     assert len(found) == 1, "a training crop is not a window of the mel"
     starts.add(found[0])

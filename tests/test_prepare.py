@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import FAST_PREPARE, run_module
-from tfcmir.data import melon, pipeline
-from tfcmir.data.corpus import InputError, Problems, mel_file
-from tfcmir.prepare import genres, records, split, steps
+from helpers import FAST_PREPARE, run_module
+from tfcmir.train import pipeline
+from tfcmir import safeio, shards
+from tfcmir.data import melon
+from tfcmir.errors import InputError, Problems
+from tfcmir.data.corpus import mel_file
+from tfcmir.prepare import genres, split, steps
 
 FAST = FAST_PREPARE()
 
@@ -111,7 +114,7 @@ def _records(out, manifest):
   schema = manifest["schema"]
   for shard in manifest["shards"]:
     for serialized in tf.data.TFRecordDataset(os.path.join(out, shard["file"])):
-      yield shard, records.parse_numpy(serialized.numpy(), schema["max_genres"], schema["cf_dim"],
+      yield shard, shards.parse_numpy(serialized.numpy(), schema["max_genres"], schema["cf_dim"],
                                        schema["bands"])
 
 
@@ -151,7 +154,7 @@ def test_manifest_describes_the_shards(prepared):
   for shard in manifest["shards"]:
     path = os.path.join(out, shard["file"])
     assert os.path.getsize(path) == shard["bytes"] <= 8.5 * 2 ** 20
-    assert steps.shards.sha256_file(path) == shard["sha256"]
+    assert safeio.sha256_file(path) == shard["sha256"]
   assert not [n for n in os.listdir(out) if n.endswith(".partial")]
 
 
@@ -164,7 +167,7 @@ def test_rerun_resumes_and_overwrite_redoes(prepared, tmp_path):
   # A killed run: the manifest never written, one shard lost, a half-written temporary left behind.
   state = json.load(open(os.path.join(copy, steps.STATE)))
   json.dump(dict(state, complete=False), open(os.path.join(copy, steps.STATE), "w"))
-  os.remove(os.path.join(copy, steps.MANIFEST))
+  os.remove(os.path.join(copy, shards.MANIFEST))
   lost = manifest["shards"][1]["file"]
   os.remove(os.path.join(copy, lost))
   open(os.path.join(copy, f".{lost}.partial"), "wb").write(b"half a shard")
@@ -231,7 +234,7 @@ def test_truncated_or_corrupt_shard_is_named(prepared, tmp_path):
     pipeline.dataset(copy, "train", batch_size=8, verify="checksum")
   with pytest.raises(InputError, match=f"{victim}.*corrupt"):
     pipeline.dataset(copy, "train", batch_size=8, verify="records")
-  assert [victim in m for m in pipeline.find_corrupt_shards(copy)] == [True]
+  assert [victim in m for m in shards.find_corrupt_shards(copy)] == [True]
 
 
 def test_reader_needs_a_manifest(tmp_path):
@@ -347,7 +350,7 @@ def test_prepare_command_on_the_demo_corpus(small_demo, tmp_path):
   result = run_module("tfcmir.prepare", *args)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "| train |" in result.stdout and "input problems: missing_mel" in result.stdout
-  manifest = pipeline.read_manifest(out)
+  manifest = shards.read_manifest(out)
   assert manifest["flags"]["cf_dim"] == 32 and manifest["flags"]["seed"] == 0
   again = run_module("tfcmir.prepare", *args)
   assert again.returncode == 0 and json.load(open(os.path.join(out, "manifest.json"))) == manifest

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from conftest import REAL_AUDIO, REAL_FILES, run_module
+from helpers import REAL_AUDIO, REAL_FILES, run_module
 
 TINY_FLAGS = ["--conv_channels=4,4,8,8,8,8,16", "--hidden_dim=32", "--embedding_dim=16",
               "--cf_dim=8", "--genre_dim=8", "--warp_epochs=2", "--mode=contr_cf_g"]

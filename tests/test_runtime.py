@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from tfcmir import flags as tfcmir_flags
 from tfcmir import runtime
 

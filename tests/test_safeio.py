@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tfcmir import safeio
-from tfcmir.data.corpus import InputError
+from tfcmir.errors import InputError
 
 
 def _dead_pid():

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REAL_AUDIO, REAL_FILES
-from tfcmir import embed, safeio, train
-from tfcmir.data import demo
-from tfcmir.data.corpus import InputError
+from helpers import REAL_AUDIO, REAL_FILES
+from tfcmir.model import checkpoint as checkpoint_lib
+from tfcmir import embeddings, inference, safeio
+from tfcmir.data import generator
+from tfcmir.train import loop
+from tfcmir.errors import InputError
 from tfcmir.model import contrastive
 
 TINY = dict(channels=[4, 4, 8, 8, 8, 8, 16], hidden_dim=32, embedding_dim=16)
@@ -27,10 +29,10 @@ def _config(mode, tfrecord_dir, manifest):
 def _train(tfrecord_dir, model_dir, config, **kwargs):
   args = dict(epochs=1, batch_size=32, learning_rate=1e-3, weight_decay=0, steps_per_epoch=1,
               verbose=0)
-  return train.train(tfrecord_dir, model_dir, config, **{**args, **kwargs})
+  return loop.train(tfrecord_dir, model_dir, config, **{**args, **kwargs})
 
 
-TINY_DEMO = demo.DemoConfig(seed=5, songs=40, playlists=12, seconds=3.0, gtzan_per_genre=2,
+TINY_DEMO = generator.DemoConfig(seed=5, songs=40, playlists=12, seconds=3.0, gtzan_per_genre=2,
                             jamendo_tracks=10)
 
 
@@ -39,12 +41,12 @@ def test_demo_refuses_a_folder_of_others_and_keeps_their_files(tmp_path):
   out.mkdir()
   (out / "thesis.tex").write_text("mine")
   with pytest.raises(InputError, match="did not write"):
-    demo.generate(str(out), TINY_DEMO, workers=1)
+    generator.generate(str(out), TINY_DEMO, workers=1)
   assert os.listdir(out) == ["thesis.tex"]
   os.remove(out / "thesis.tex")
-  demo.generate(str(out), TINY_DEMO, workers=1)
+  generator.generate(str(out), TINY_DEMO, workers=1)
   (out / "notes.txt").write_text("mine")
-  demo.generate(str(out), TINY_DEMO, workers=1, overwrite=True)  # rebuilt, swapped in
+  generator.generate(str(out), TINY_DEMO, workers=1, overwrite=True)  # rebuilt, swapped in
   assert (out / "notes.txt").read_text() == "mine"
   assert sorted(os.listdir(tmp_path)) == ["data"]
 
@@ -108,7 +110,7 @@ def checked_export(tmp_path_factory):
   keras.utils.set_random_seed(0)
   config = contrastive.model_config("bline_cf", (41, 16), 32, **TINY)
   model = contrastive.build_model(config)
-  model.build_from_batch(export.dummy_batch(config))
+  model.build_from_batch(checkpoint_lib.dummy_batch(config))
   tower = export.AudioTower(model)
   out = tmp_path_factory.mktemp("checked") / "export"
   tf.saved_model.save(tower, str(out / "saved_model" / "1"),
@@ -124,7 +126,7 @@ def checked_export(tmp_path_factory):
 def test_a_damaged_export_is_named_at_load(checked_export, tmp_path, damage):
   export_dir = str(tmp_path / "export")
   shutil.copytree(checked_export, export_dir)
-  embed.Encoder(export_dir)  # intact: loads
+  inference.Encoder(export_dir)  # intact: loads
   if damage == "manifest":
     path = os.path.join(export_dir, "export_manifest.json")
     with open(path, "r+b") as f:
@@ -139,14 +141,14 @@ def test_a_damaged_export_is_named_at_load(checked_export, tmp_path, damage):
       f.write(b"\0\1\2\3")
     expected = f"{path}: damaged"
   with pytest.raises(InputError, match=f"^{expected}"):
-    embed.Encoder(export_dir)
+    inference.Encoder(export_dir)
 
 
 def test_verification_is_cheap(checked_export):
   import time
-  manifest = embed.read_export_manifest(checked_export)
+  manifest = inference.read_export_manifest(checked_export)
   started = time.perf_counter()
-  embed.verify_export(checked_export, manifest, "saved_model")
+  inference.verify_export(checked_export, manifest, "saved_model")
   assert time.perf_counter() - started < 0.5
 
 
@@ -157,18 +159,18 @@ def test_embed_rerun_removes_its_own_stale_files_only(tmp_path):
   out = tmp_path / "emb"
   rows = [{"path": "a.wav", "patches": 2, "padded": False, "seconds": 8.0}]
   per_patch = [np.ones((2, 4), np.float32)]
-  embed.write_outputs(str(out), rows, per_patch, per_patch_out=True)
+  embeddings.write_outputs(str(out), rows, per_patch, per_patch_out=True)
   (out / "notes.txt").write_text("mine")
   assert (out / "patch_embeddings.npy").exists()
-  embed.write_outputs(str(out), rows, per_patch)  # no --per_patch this time
+  embeddings.write_outputs(str(out), rows, per_patch)  # no --per_patch this time
   assert sorted(os.listdir(out)) == ["embeddings.npy", "embeddings_manifest.json", "index.csv",
                                      "notes.txt"]
-  embed.write_outputs(str(out), rows, per_patch, fmt="npz")
+  embeddings.write_outputs(str(out), rows, per_patch, fmt="npz")
   assert sorted(os.listdir(out)) == ["embeddings.npz", "embeddings_manifest.json", "notes.txt"]
 
 
 def test_embed_with_no_readable_input_exits_non_zero(checked_export, tmp_path):
-  from conftest import run_module
+  from helpers import run_module
   broken = tmp_path / "broken.wav"
   broken.write_bytes(b"RIFF not audio")
   result = run_module("tfcmir.embed", f"--embed_model={checked_export}", f"--out={tmp_path / 'out'}",
@@ -210,11 +212,11 @@ def test_chunked_embeddings_equal_whole_file_ones(checked_export, tmp_path, monk
   noise = 0.05 * rng.standard_normal((len(t), 2))
   path = str(tmp_path / "long.flac")
   sf.write(path, (0.2 * tones[:, None] + noise).astype(np.float32), 44100, subtype="PCM_16")
-  monkeypatch.setattr(embed, "CHUNK_PATCHES", 2)
-  patches, padded, seconds = embed.file_patches(path)
+  monkeypatch.setattr(inference, "CHUNK_PATCHES", 2)
+  patches, padded, seconds = inference.file_patches(path)
   whole = np.asarray(audio.split_patches(audio.mel_spectrogram(audio.load_audio(path))[None], 256))[0]
   assert patches.shape == whole.shape and not padded and abs(seconds - 180) < 1e-3
-  encoder = embed.Encoder(checked_export)
+  encoder = inference.Encoder(checked_export)
   a, b = encoder(patches), encoder(whole)
   cosine = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
   assert cosine.min() > 0.9999
@@ -228,7 +230,7 @@ def test_a_foreign_file_in_every_output_folder_survives(small_demo, small_prepar
                                                         tmp_path):
   """demo, prepare, train, export, embed and evaluate write (and re-write with --overwrite) into
   folders that hold a file of someone else's; it is there, unchanged, afterwards (~90 s)."""
-  from conftest import FAST_PREPARE
+  from helpers import FAST_PREPARE
   from tfcmir import export
   from tfcmir.data import melon
   from tfcmir.evaluate import cli as evaluate_cli
@@ -247,9 +249,9 @@ def test_a_foreign_file_in_every_output_folder_survives(small_demo, small_prepar
 
   planted = []
   data = str(tmp_path / "demo")
-  demo.generate(data, TINY_DEMO, workers=1)
+  generator.generate(data, TINY_DEMO, workers=1)
   planted.append(plant(data))
-  demo.generate(data, TINY_DEMO, workers=1, overwrite=True)
+  generator.generate(data, TINY_DEMO, workers=1, overwrite=True)
 
   corpus = melon.read_melon(os.path.join(data, "melon"))
   tfrecords = str(tmp_path / "tfrecords")
@@ -268,14 +270,14 @@ def test_a_foreign_file_in_every_output_folder_survives(small_demo, small_prepar
   export.export(run, out, essentia=False)
   planted.append(plant(out))
   export.export(run, out, overwrite=True, essentia=False)
-  embed.Encoder(out)  # the swapped-in export verifies
+  inference.Encoder(out)  # the swapped-in export verifies
 
   embeddings = str(tmp_path / "embeddings")
   planted.append(plant(embeddings))
   files = [os.path.join(REAL_AUDIO, n) for n in REAL_FILES[:2]]
   for per_patch in (True, False):
-    rows, per, _ = embed.embed_files(files, embed.Encoder(checked_export), progress=False)
-    embed.write_outputs(embeddings, rows, per, per_patch_out=per_patch)
+    rows, per, _ = inference.embed_files(files, inference.Encoder(checked_export), progress=False)
+    embeddings.write_outputs(embeddings, rows, per, per_patch_out=per_patch)
 
   reports = str(tmp_path / "eval")
   planted.append(plant(reports))

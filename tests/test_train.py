@@ -10,9 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import HERE, ROOT
-from tfcmir import train
-from tfcmir.data.corpus import InputError
+from helpers import HERE, ROOT
+from tfcmir.model import checkpoint as checkpoint_lib
+from tfcmir.train import loop
+from tfcmir.errors import InputError
 from tfcmir.model import contrastive, tasks
 
 TINY = dict(channels=[4, 4, 8, 8, 8, 8, 16], hidden_dim=32, embedding_dim=16)
@@ -28,7 +29,7 @@ def tiny_config(mode, tfrecord_dir, manifest):
 def test_each_mode_trains_and_writes_a_checkpoint(small_prepared, tmp_path, mode):
   _, tfrecord_dir, manifest = small_prepared
   model_dir = str(tmp_path / mode)
-  summary = train.train(tfrecord_dir, model_dir, tiny_config(mode, tfrecord_dir, manifest), epochs=1,
+  summary = loop.train(tfrecord_dir, model_dir, tiny_config(mode, tfrecord_dir, manifest), epochs=1,
                         batch_size=32, learning_rate=1e-3, weight_decay=1e-4, steps_per_epoch=2,
                         verbose=0)
   assert summary["epochs"] == 1 and np.isfinite(summary["final"]["loss"])
@@ -91,13 +92,13 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(small_pre
   _, tfrecord_dir, manifest = small_prepared
   model_dir = str(tmp_path / "nan")
   config = tiny_config("bline_cf", tfrecord_dir, manifest)
-  train.train(tfrecord_dir, model_dir, config, epochs=1, batch_size=32, learning_rate=1e-3,
+  loop.train(tfrecord_dir, model_dir, config, epochs=1, batch_size=32, learning_rate=1e-3,
               weight_decay=0, steps_per_epoch=2, verbose=0)
   good = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
   monkeypatch.setattr(tasks.CFRegression, "call",
                       lambda self, audio, cf: {"cf": tf.reduce_sum(self.head(audio)) * np.nan})
   with pytest.raises(InputError, match=r"non-finite loss .* epoch 2, step 1.*last good checkpoint"):
-    train.train(tfrecord_dir, model_dir, config, epochs=2, batch_size=32, learning_rate=1e-3,
+    loop.train(tfrecord_dir, model_dir, config, epochs=2, batch_size=32, learning_rate=1e-3,
                 weight_decay=0, steps_per_epoch=2, verbose=0)
   assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) == good
 
@@ -105,10 +106,10 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(small_pre
 def test_another_model_in_the_same_run_folder_is_refused(small_prepared, tmp_path):
   _, tfrecord_dir, manifest = small_prepared
   model_dir = str(tmp_path / "run")
-  train.train(tfrecord_dir, model_dir, tiny_config("contr_g", tfrecord_dir, manifest), epochs=1,
+  loop.train(tfrecord_dir, model_dir, tiny_config("contr_g", tfrecord_dir, manifest), epochs=1,
               batch_size=32, learning_rate=1e-3, weight_decay=0, steps_per_epoch=1, verbose=0)
   with pytest.raises(InputError, match="another model"):
-    train.train(tfrecord_dir, model_dir, tiny_config("contr_cf", tfrecord_dir, manifest), epochs=1,
+    loop.train(tfrecord_dir, model_dir, tiny_config("contr_cf", tfrecord_dir, manifest), epochs=1,
                 batch_size=32, learning_rate=1e-3, weight_decay=0, steps_per_epoch=1, verbose=0)
 
 
@@ -117,7 +118,7 @@ def test_mixed_precision_and_xla_train_with_float32_losses(small_prepared, tmp_p
   import keras
   _, tfrecord_dir, manifest = small_prepared
   try:
-    summary = train.train(tfrecord_dir, str(tmp_path / "run"),
+    summary = loop.train(tfrecord_dir, str(tmp_path / "run"),
                           tiny_config("contr_cf_g", tfrecord_dir, manifest), epochs=1, batch_size=32,
                           learning_rate=1e-3, weight_decay=0, steps_per_epoch=2, verbose=0,
                           mixed_precision=mixed, jit_compile=jit)
@@ -134,16 +135,15 @@ def test_mixed_precision_and_xla_train_with_float32_losses(small_prepared, tmp_p
 def test_checkpoints_hold_every_variable(small_prepared, tmp_path):
   """Resuming restores all weights, batch-norm statistics of the conv blocks included."""
   import tensorflow as tf
-  from tfcmir import export
   _, tfrecord_dir, manifest = small_prepared
   model_dir = str(tmp_path / "run")
-  summary = train.train(tfrecord_dir, model_dir, tiny_config("contr_cf_g", tfrecord_dir, manifest),
+  summary = loop.train(tfrecord_dir, model_dir, tiny_config("contr_cf_g", tfrecord_dir, manifest),
                         epochs=1, batch_size=32, learning_rate=1e-3, weight_decay=0,
                         steps_per_epoch=2, verbose=0)
   trained = {v.path.split("/", 1)[1]: v.numpy() for v in summary["model"].variables
              if "seed_generator" not in v.path}  # dropout RNG states are not checkpointed
   prefix = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-  model, _, _ = export.load_trained(prefix)  # a fresh model, restored from the tf.train checkpoint
+  model, _, _ = checkpoint_lib.load_trained(prefix)  # a fresh model, restored from the tf.train checkpoint
   restored = {v.path.split("/", 1)[1]: v.numpy() for v in model.variables
               if "seed_generator" not in v.path}
   assert len(restored) == len(trained) and any("conv3" in p for p in restored)

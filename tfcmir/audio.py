@@ -36,6 +36,7 @@ SAMPLE_RATE = 16000
 FRAME_SIZE = 512
 HOP_SIZE = 256
 NUM_BANDS = 48
+PATCH_FRAMES = 256  # the encoder's input: 256 frames (~4.1 s), T_a in the paper
 POWER_FLOOR = 1e-10  # Essentia's lin2db silence cutoff: 20*log10(1e-10) = -200 dB.
 DB_FLOOR = -200.0
 
@@ -257,7 +258,7 @@ def windowed_dft_matrix(frame_size=FRAME_SIZE, level=DEFAULT_LEVEL):
   return np.concatenate([window * np.cos(angle), -window * np.sin(angle)], axis=1)
 
 
-def split_patches(mel, patch_frames=256):
+def split_patches(mel, patch_frames=PATCH_FRAMES):
   """(batch, frames, bands) mels -> (batch, patches, patch_frames, bands) non-overlapping patches.
 
   The paper's downstream protocol: consecutive 256-frame patches, the incomplete tail dropped. A mel
@@ -274,7 +275,7 @@ def split_patches(mel, patch_frames=256):
 
 
 
-def split_patches_numpy(mel, patch_frames=256):
+def split_patches_numpy(mel, patch_frames=PATCH_FRAMES):
   """`split_patches` of one (frames, bands) NumPy mel -> (patches, patch_frames, bands), without TensorFlow.
 
   For loops over many files: the TensorFlow version costs a few eager ops per call, which was half the

@@ -2,7 +2,7 @@
 
 The whole pipeline on the built-in demo data, ending with the paper's three tables:
   1. generate the demo datasets (Melon, GTZAN and MTG-Jamendo layouts) into --demo_dir;
-  2. check that they carry learnable structure (tfcmir.data.probes), and stop if not;
+  2. check that they carry learnable structure (tfcmir.data.structure), and stop if not;
   3. prepare the demo Melon corpus into shards (--tfrecord_dir), as `python -m tfcmir.prepare`;
   4. train the contrastive model (--mode, Contr_CF-G) and the baseline B-line_CF-G, as
      `python -m tfcmir.train`, into <--model_dir or runs/demo>/<mode>; the contrastive encoder must
@@ -20,7 +20,7 @@ import time
 from absl import flags
 
 from tfcmir import flags as tfcmir_flags
-from tfcmir.data import demo, probes
+from tfcmir.data import generator, structure
 
 FLAGS = flags.FLAGS
 BASELINE = "bline_cf_g"
@@ -52,40 +52,46 @@ class Steps:
 
 
 def main(argv):
+  # The steps' own modules load TensorFlow: imported here, after the flags are checked.
   from tfcmir import export as export_cli
-  from tfcmir import train as train_cli
   from tfcmir.evaluate import cli as evaluate_cli
   from tfcmir.prepare import cli as prepare_cli
+  from tfcmir.train import cli as train_cli
+  from tfcmir.train import loop
 
   steps = Steps(6)
   out = FLAGS.out or FLAGS.demo_dir
   steps.start(f"demo datasets -> {out}")
-  manifest = demo.generate(out, demo.config_from_flags(), FLAGS.workers, FLAGS.overwrite)
-  print(demo.summary(out, manifest), flush=True)
+  manifest = generator.generate(out, generator.config_from_flags(), FLAGS.workers, FLAGS.overwrite)
+  print(generator.summary(out, manifest), flush=True)
   steps.end()
 
   steps.start("structure probes")
-  structure = probes.demo_structure(out, seed=FLAGS.seed)
-  print(probes.format_report(structure), flush=True)
-  if (structure["genre"][0] < MIN_GENRE_ACCURACY
-      or structure["playlist"][0] < MIN_PLAYLIST_LIFT * structure["playlist"][1]):
+  found = structure.demo_structure(out, seed=FLAGS.seed)
+  print(structure.format_report(found), flush=True)
+  if (found["genre"][0] < MIN_GENRE_ACCURACY
+      or found["playlist"][0] < MIN_PLAYLIST_LIFT * found["playlist"][1]):
     print("error: the demo data lacks learnable genre or playlist structure", file=sys.stderr)
     sys.exit(1)
   steps.end()
 
   steps.start(f"prepare the demo Melon corpus -> {FLAGS.tfrecord_dir}")
-  FLAGS.source = "melon"
-  FLAGS.melon_dir = os.path.join(out, "melon")  # the data this job generated, whatever the flagfile
-  print(prepare_cli.summary(FLAGS.tfrecord_dir, prepare_cli.run(FLAGS.tfrecord_dir)), flush=True)
+  source = {"name": "melon", "melon_dir": os.path.join(out, "melon")}  # this job's data, whatever the flags
+  prepared = prepare_cli.run(FLAGS.tfrecord_dir, source, prepare_cli.config_from_flags(), FLAGS.workers,
+                             FLAGS.overwrite, FLAGS.strict, tfcmir_flags.resolved(), mel_level=FLAGS.mel_level)
+  print(prepare_cli.summary(FLAGS.tfrecord_dir, prepared), flush=True)
   steps.end()
 
   runs_root = FLAGS.model_dir or os.path.join("runs", "demo")
   modes = [FLAGS.mode] + ([BASELINE] if FLAGS.mode != BASELINE else [])
   steps.start(f"train {', '.join(modes)} -> {runs_root}")
   for mode in modes:
-    FLAGS.mode, FLAGS.model_dir = mode, os.path.join(runs_root, mode)
-    trained, probe_result = train_cli.run()
-    print(train_cli.format_summary(trained, probe_result), flush=True)
+    model_dir = os.path.join(runs_root, mode)
+    settings = train_cli.settings_from_flags()
+    settings["flags_used"] = dict(settings["flags_used"], mode=mode, model_dir=model_dir)
+    trained, probe_result = loop.run(FLAGS.tfrecord_dir, model_dir, mode,
+                                     train_cli.model_settings_from_flags(), settings)
+    print(loop.format_summary(trained, probe_result), flush=True)
     if mode == modes[0] and probe_result["trained"] <= max(probe_result["untrained"],
                                                            2 * probe_result["chance"]):
       print("error: the trained audio encoder is no better than an untrained one", file=sys.stderr)

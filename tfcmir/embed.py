@@ -1,311 +1,32 @@
-"""`python -m tfcmir.embed --model=exports/NAME --out=DIR AUDIO [AUDIO ...]`: audio files -> embeddings.
+"""`python -m tfcmir.embed --embed_model=exports/NAME --out=DIR AUDIO [AUDIO ...]`: audio files -> embeddings.
 
-AUDIO are files or folders (searched recursively for wav, flac, ogg, mp3). Each file is decoded,
-mixed to mono and resampled to 16 kHz, turned into the Melon mel by the project's front end, cut into
-non-overlapping 256-frame patches (a file shorter than one patch is padded with silence and flagged),
-and the patches go through the chosen artifact of the export in batches. The mel uses the level
-convention the model was trained on (the export manifest's `frontend`), and each file's mel is
-compared with the training mels' level statistics: a file more than 20 dB off is named in a warning
-(an error with --strict; tfcmir/levels.py).
+AUDIO are files or folders (searched recursively for wav, flac, ogg, mp3). Every file goes through the
+export as tfcmir/inference.py says (decode, 16 kHz mono, the model's mel, 256-frame patches, the level
+guard: a file more than 20 dB off the training mels is named in a warning, an error with --strict).
 
   --artifact=saved_model        saved_model/<version>/ (serving_default)
   --artifact=tflite             tflite/audio_mel_float32.tflite (LiteRT)
   --artifact=tflite_quantized   tflite/audio_mel_dynamic_range.tflite
   --artifact=onnx               onnx/audio_mel.onnx (onnxruntime, the [onnx] extra)
 
-Writes to DIR: embeddings.npy (files, D), the mean of each file's patch embeddings; index.csv (row,
-path, patches, first_patch, padded); with --per_patch, patch_embeddings.npy (all patches, D). Or, with
---embed_format=npz, the same arrays in one embeddings.npz. Unreadable files are skipped and listed.
+Writes to DIR (tfcmir/embeddings.py): embeddings.npy (files, D), the mean of each file's patch
+embeddings; index.csv (row, path, patches, first_patch, padded); with --per_patch,
+patch_embeddings.npy (all patches, D). Or, with --embed_format=npz, the same arrays in one
+embeddings.npz. Unreadable files are skipped and listed. With --runner, the same work runs as an
+Apache Beam pipeline (tfcmir/beam/embed.py).
 """
 
 from __future__ import annotations
 
-import csv
-import os
 import time
 
-import numpy as np
 from absl import flags
-from tqdm import tqdm
 
-from tfcmir import audio, levels, safeio
+from tfcmir import embeddings, inference
 from tfcmir import flags as tfcmir_flags
-from tfcmir.data.corpus import InputError
+from tfcmir.errors import InputError
 
 FLAGS = flags.FLAGS
-PATCH_FRAMES = 256
-TFLITE_FILES = {"tflite": "audio_mel_float32.tflite", "tflite_quantized": "audio_mel_dynamic_range.tflite"}
-ONNX_FILE = "onnx/audio_mel.onnx"
-# Patches per encoder call, measured on one Zen 5 core (benchmarks/embed.py): a batch of 64 paper-size
-# patches has a 400 MB first activation, so it streams from memory; a few patches stay in cache.
-SAVED_MODEL_CHUNK = 16
-TFLITE_CHUNK = 4
-ONNX_CHUNK = 16  # onnxruntime: 1 to 64 patches a call within 5 % (paper size, one shared core)
-MANIFEST = "embeddings_manifest.json"  # what an embed run wrote into --out (Beam's too)
-
-
-def find_audio(paths):
-  """Files and folders -> the audio files, folders walked recursively, in sorted order."""
-  found = []
-  for path in paths:
-    if os.path.isdir(path):
-      for folder, dirs, files in os.walk(path):
-        dirs.sort()
-        found += [os.path.join(folder, f) for f in sorted(files)
-                  if f.lower().endswith(audio.AUDIO_EXTENSIONS)]
-    else:
-      found.append(path)  # a missing or odd file is reported when it is read
-  return found
-
-
-class Encoder:
-  """The mel-patch encoder of an export: SavedModel or TFLite, one `__call__` for both.
-
-  Args:
-    export_dir: an export folder (tfcmir.export).
-    artifact: saved_model, tflite, tflite_quantized or onnx.
-    threads: threads of the TFLite interpreter or the onnxruntime session (default: the usable
-      cores; LiteRT alone would take one). The SavedModel uses TensorFlow's own thread pools.
-    strict: the level guard stops at an off-distribution file instead of warning.
-
-  `frontend` holds the front-end kwargs (tfcmir.audio) the model's mels need; `guard` checks inputs
-  against the training mels' level statistics.
-  """
-
-  def __init__(self, export_dir, artifact="saved_model", threads=None, strict=False):
-    self.manifest = read_export_manifest(export_dir)
-    self.artifact = artifact
-    verify_export(export_dir, self.manifest, artifact)
-    # Exports from before the level was recorded were made from the front end's default.
-    self.frontend = dict({"level": audio.DEFAULT_LEVEL}, **self.manifest.get("frontend", {}))
-    self.guard = levels.Guard(self.manifest.get("level_statistics"), strict)
-    if artifact == "saved_model":
-      import tensorflow as tf
-      path = os.path.join(export_dir, "saved_model", str(self.manifest["version"]))
-      self._fn = tf.saved_model.load(path).signatures["serving_default"]
-      self._run = lambda x: self._fn(mel=tf.constant(x))["embedding"].numpy()
-      self._chunk = SAVED_MODEL_CHUNK
-    elif artifact in TFLITE_FILES:
-      path = os.path.join(export_dir, "tflite", TFLITE_FILES[artifact])
-      if not os.path.exists(path):
-        raise InputError(f"{path}: this export has no such TFLite model")
-      from ai_edge_litert.interpreter import Interpreter
-      self._interpreter = Interpreter(model_path=path, num_threads=threads or _usable_cores())
-      # The runner resizes the input itself when a call brings another batch size.
-      runner = self._interpreter.get_signature_runner()
-      self._run = lambda x: runner(mel=x)["embedding"]
-      self._chunk = TFLITE_CHUNK
-    elif artifact == "onnx":
-      self._run = _onnx_runner(export_dir, threads or _usable_cores())
-      self._chunk = ONNX_CHUNK
-    else:
-      raise InputError(f"--artifact must be saved_model, tflite, tflite_quantized or onnx, got {artifact}")
-
-  def __call__(self, patches):
-    """float32 (n, 256, 48) mel patches -> (n, D) embeddings, computed `_chunk` patches at a time."""
-    patches = np.ascontiguousarray(patches, np.float32)
-    if len(patches) <= self._chunk:
-      return np.asarray(self._run(patches))
-    return np.concatenate([np.asarray(self._run(patches[i:i + self._chunk]))
-                           for i in range(0, len(patches), self._chunk)])
-
-
-def _onnx_runner(export_dir, threads):
-  """onnx/audio_mel.onnx in an onnxruntime session -> a function of mel patches to embeddings."""
-  path = os.path.join(export_dir, *ONNX_FILE.split("/"))
-  if not os.path.exists(path):
-    raise InputError(f"{path}: this export has no ONNX model (export_manifest.json's onnx_not_written "
-                     "says why)")
-  try:
-    import onnxruntime as ort
-  except ImportError as err:
-    raise InputError("--artifact=onnx needs onnxruntime: pip install -e '.[onnx]'") from err
-  options = ort.SessionOptions()
-  options.intra_op_num_threads = threads
-  options.inter_op_num_threads = 1  # one chain of ops: a second pool would only compete for the cores
-  session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-  return lambda x: session.run(["embedding"], {"mel": x})[0]
-
-
-def read_export_manifest(export_dir):
-  """An export's export_manifest.json (a dict); InputError if it is missing or damaged."""
-  path = os.path.join(export_dir, "export_manifest.json")
-  if not os.path.exists(path):
-    raise InputError(f"{export_dir}: not an export (no export_manifest.json); run tfcmir.export")
-  try:
-    manifest = safeio.read_json(path)
-  except (OSError, UnicodeDecodeError, ValueError) as err:
-    raise InputError(f"{path}: damaged, not the JSON tfcmir.export writes ({err}); export again") from err
-  if not isinstance(manifest, dict) or "version" not in manifest:
-    raise InputError(f"{path}: damaged, no export version in it; export again")
-  return manifest
-
-
-def artifact_files(manifest, artifact):
-  """The manifest's paths (relative to the export) of the files `artifact` loads."""
-  if artifact in TFLITE_FILES:
-    return [f"tflite/{TFLITE_FILES[artifact]}"]
-  if artifact == "onnx":
-    return [ONNX_FILE]
-  prefix = f"saved_model/{manifest['version']}/"
-  return [p for p in manifest.get("files", {}) if p.startswith(prefix)]
-
-
-def verify_export(export_dir, manifest, artifact):
-  """Checks the sha256 the manifest records for every file `artifact` loads (a few MB: ~10 ms).
-
-  A changed byte in a model file gives wrong embeddings, not an error (a 4-byte change in the mel
-  TFLite gives all -inf), so nothing is loaded unchecked. Exports without checksums (hand-made
-  ones) are loaded as they are.
-  """
-  checksums = manifest.get("files")
-  if not checksums:
-    return
-  for relative in artifact_files(manifest, artifact):
-    path = os.path.join(export_dir, *relative.split("/"))
-    if relative not in checksums:
-      continue  # a TFLite or ONNX model this export did not ship: reported by the loader
-    if not os.path.exists(path):
-      raise InputError(f"{path}: missing from the export; export again")
-    if safeio.sha256_file(path) != checksums[relative]:
-      raise InputError(f"{path}: damaged (its sha256 differs from export_manifest.json's); "
-                       "export again")
-
-
-def _usable_cores():
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # not on Linux
-    return os.cpu_count() or 1
-
-
-# The mel is computed this many patches at a time (~65 s of audio): memory holds one chunk of audio
-# and its frames (the front end's intermediates are ~40 KB a frame), plus the file's patches (~0.7 MB
-# a minute), whatever the file's length. benchmarks/long_audio.py measures it.
-CHUNK_PATCHES = 16
-
-
-def file_patches(path, **frontend):
-  """One file -> ((patches, 256, 48) mel patches, padded: bool, seconds of audio).
-
-  `frontend`: MelSpectrogram arguments beyond its defaults (an export's `Encoder.frontend`: the level
-  convention its training mels had).
-
-  Consecutive 256-frame patches of the whole-file mel, the incomplete tail dropped; a file shorter
-  than one patch is padded with silence to one patch (audio.split_patches).
-  """
-  stats, parts, tail = {}, [], None
-  for mel in audio.mel_chunks(path, CHUNK_PATCHES * PATCH_FRAMES, stats=stats, **frontend):
-    if tail is not None and len(tail):
-      mel = np.concatenate([tail, mel])
-    whole = len(mel) // PATCH_FRAMES * PATCH_FRAMES
-    if whole:
-      parts.append(mel[:whole].reshape(-1, PATCH_FRAMES, mel.shape[1]))
-    tail = mel[whole:]
-  padded = not parts
-  patches = (np.asarray(audio.split_patches(tail[None], PATCH_FRAMES))[0] if padded
-             else np.concatenate(parts))
-  return patches.astype(np.float32, copy=False), padded, stats["samples"] / stats["sample_rate"]
-
-
-def embed_files(paths, encoder, batch_patches=64, progress=True):
-  """Embeds every readable file; returns (rows, patch embeddings list, skipped [(path, reason)])."""
-  rows, per_patch, skipped = [], [], []
-  pending, pending_rows = [], []
-
-  def flush():
-    if not pending:
-      return
-    out = encoder(pending[0] if len(pending) == 1 else np.concatenate(pending))  # a long file: no copy
-    start = 0
-    for row in pending_rows:
-      per_patch.append(out[start:start + row["patches"]])
-      start += row["patches"]
-    pending.clear()
-    pending_rows.clear()
-
-  for path in tqdm(paths, desc="embed", unit="file", disable=not progress):
-    try:
-      patches, padded, seconds = file_patches(path, **encoder.frontend)
-    except audio.AudioError as err:
-      skipped.append((path, err.problem))
-      continue
-    encoder.guard.check(path, patches)
-    row = {"path": path, "patches": len(patches), "padded": padded, "seconds": seconds}
-    rows.append(row)
-    pending.append(patches)
-    pending_rows.append(row)
-    if sum(len(p) for p in pending) >= batch_patches:
-      flush()
-  flush()
-  return rows, per_patch, skipped
-
-
-def check_some_read(paths, skipped):
-  """InputError when not one input could be read: an empty result is no success."""
-  if paths and len(skipped) >= len(paths):
-    path, reason = skipped[0]
-    raise InputError(f"none of the {len(paths)} input files could be read (e.g. {path}: {reason})")
-
-
-def previous_outputs(out):
-  """The files an earlier embed (local or Beam) listed in out's embeddings manifest: ours to remove."""
-  path = os.path.join(out, MANIFEST)
-  try:
-    manifest = safeio.read_json(path)
-    files = list(manifest.get("files", []))
-  except (OSError, ValueError, AttributeError, TypeError):
-    return []
-  if manifest.get("format") != "local":
-    files.append("skipped.csv")  # a Beam run's, not in its list of shards
-  return [f for f in files if isinstance(f, str) and os.path.basename(f) == f]
-
-
-def remove_stale(out, previous, written):
-  """Removes what an earlier run wrote into `out` and this one did not (never files of others)."""
-  safeio.remove_ours(out, sorted(set(previous) - set(written)))
-
-
-def write_outputs(out, rows, per_patch, per_patch_out=False, fmt="npy"):
-  """Writes the arrays and the index, each under a temporary name renamed when complete, and
-  embeddings_manifest.json listing them; files an earlier run listed there and this one did not
-  write (an old patch_embeddings.npy) are removed."""
-  os.makedirs(out, exist_ok=True)
-  safeio.clean_leftovers(out)  # temporary files of a killed run
-  previous = previous_outputs(out)
-  means = np.stack([p.mean(0) for p in per_patch]).astype(np.float32) if per_patch else np.zeros((0, 0))
-  first = np.cumsum([0] + [r["patches"] for r in rows])[:-1]
-  arrays = {"embeddings": means}
-  if per_patch_out:
-    arrays["patch_embeddings"] = (np.concatenate(per_patch).astype(np.float32) if per_patch
-                                  else np.zeros((0, 0), np.float32))
-  if fmt == "npz":
-    arrays.update(paths=np.array([r["path"] for r in rows]), patches=np.array([r["patches"] for r in rows]),
-                  first_patch=first, padded=np.array([r["padded"] for r in rows]))
-    _atomic(os.path.join(out, "embeddings.npz"), lambda f: np.savez(f, **arrays))
-    _finish(out, previous, ["embeddings.npz"])
-    return
-  for name, array in arrays.items():
-    _atomic(os.path.join(out, f"{name}.npy"), lambda f, a=array: np.save(f, a))
-
-  def write_index(f):
-    writer = csv.writer(f)
-    writer.writerow(["row", "path", "patches", "first_patch", "padded", "seconds"])
-    for i, (row, start) in enumerate(zip(rows, first)):
-      writer.writerow([i, row["path"], row["patches"], int(start), int(row["padded"]),
-                       f"{row['seconds']:.2f}"])
-  _atomic(os.path.join(out, "index.csv"), write_index, text=True)
-  _finish(out, previous, [f"{name}.npy" for name in arrays] + ["index.csv"])
-
-
-def _finish(out, previous, written):
-  remove_stale(out, previous, written)
-  safeio.write_json(os.path.join(out, MANIFEST), {"written_by": safeio.WRITTEN_BY, "format": "local",
-                                                  "files": written})
-
-
-def _atomic(path, write, text=False):
-  safeio.atomic_write(path, write, text)
 
 
 def main(argv):
@@ -314,7 +35,7 @@ def main(argv):
   if not FLAGS.out:
     raise InputError("--out is required (where the embeddings go)")
   # With --runner, the flags left in argv are Beam pipeline options (tfcmir.flags.run_main).
-  paths = find_audio([a for a in argv[1:] if not a.startswith("-")])
+  paths = inference.find_audio([a for a in argv[1:] if not a.startswith("-")])
   if not paths:
     raise InputError("no audio files given (pass files or folders after the flags)")
   if FLAGS.runner:  # the same work as an Apache Beam pipeline: tfcmir/beam/embed.py
@@ -327,10 +48,10 @@ def main(argv):
                          FLAGS.beam_timeout_s))
     return
   started = time.time()
-  encoder = Encoder(FLAGS.embed_model, FLAGS.artifact, strict=FLAGS.strict)
-  rows, per_patch, skipped = embed_files(paths, encoder, FLAGS.embed_batch)
-  check_some_read(paths, skipped)
-  write_outputs(FLAGS.out, rows, per_patch, FLAGS.per_patch, FLAGS.embed_format)
+  encoder = inference.Encoder(FLAGS.embed_model, FLAGS.artifact, strict=FLAGS.strict)
+  rows, per_patch, skipped = inference.embed_files(paths, encoder, FLAGS.embed_batch)
+  inference.check_some_read(paths, skipped)
+  embeddings.write_outputs(FLAGS.out, rows, per_patch, FLAGS.per_patch, FLAGS.embed_format)
   elapsed = time.time() - started
   audio_seconds = sum(r["seconds"] for r in rows)
   print(f"embedded {len(rows)} files ({sum(r['patches'] for r in rows)} patches, "

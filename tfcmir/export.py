@@ -23,7 +23,6 @@ Each artifact is checked against the Keras model on the same inputs before the f
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 
@@ -33,57 +32,16 @@ import tensorflow as tf
 from absl import flags, logging
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from tfcmir import __version__, audio, levels, safeio
+from tfcmir import __version__, audio, inference, levels, safeio, shards
 from tfcmir import flags as tfcmir_flags
-from tfcmir.data.corpus import InputError
-from tfcmir.model import contrastive
-from tfcmir.safeio import sha256_file
+from tfcmir.errors import InputError
+from tfcmir.model import checkpoint as checkpoint_lib
 
 FLAGS = flags.FLAGS
-PATCH_FRAMES = 256
-MANIFEST = "export_manifest.json"
+MANIFEST = inference.EXPORT_MANIFEST
 MIN_QUANTIZED_COSINE = 0.99  # a quantised model whose embeddings drift further is not shipped
 ONNX_OPSET = 15  # tf2onnx 1.17's default: onnxruntime >= 1.10 runs it
 ONNX_EXTRA = "pip install -e '.[onnx]'"
-
-
-def load_trained(checkpoint):
-  """A run folder, a .weights.h5 file or a tf.train checkpoint prefix -> (model, config, weights path).
-
-  A run folder gives its best-validation weights (best.weights.h5), else its latest checkpoint.
-  """
-  if os.path.isdir(checkpoint):
-    run_dir = checkpoint
-  elif checkpoint.endswith(".weights.h5"):
-    run_dir = os.path.dirname(checkpoint)
-  else:  # a tf.train prefix: RUN/checkpoints/ckpt-N
-    run_dir = os.path.dirname(os.path.dirname(checkpoint))
-  config_path = os.path.join(run_dir, "config.json")
-  if not os.path.exists(config_path):
-    raise InputError(f"{checkpoint}: no config.json in {run_dir}; point --checkpoint at a training "
-                     "run folder (runs/NAME) or a file inside it")
-  with open(config_path, encoding="utf-8") as f:
-    run = json.load(f)
-  model = contrastive.build_model(run["model"])
-  model.build_from_batch(dummy_batch(run["model"]))
-  if os.path.isdir(checkpoint):
-    best = os.path.join(checkpoint, "best.weights.h5")
-    checkpoint = best if os.path.exists(best) else tf.train.latest_checkpoint(
-        os.path.join(checkpoint, "checkpoints"))
-    if checkpoint is None:
-      raise InputError(f"{run_dir}: holds no weights yet (no best.weights.h5, no checkpoint)")
-  if checkpoint.endswith(".weights.h5"):
-    model.load_weights(checkpoint)
-  else:
-    from tfcmir.train import make_checkpoint
-    make_checkpoint(model, None).restore(checkpoint).expect_partial()
-  return model, run, checkpoint
-
-
-def dummy_batch(model_config, batch=1, max_genres=10):
-  return {"mel": np.zeros((batch, PATCH_FRAMES, 48), np.float32),
-          "genres": np.zeros((batch, max_genres), np.int64),
-          "cf": np.zeros((batch, model_config["cf_dim"]), np.float32)}
 
 
 class AudioTower(tf.Module):
@@ -101,16 +59,16 @@ class AudioTower(tf.Module):
       self.genres = tf.function(
           self._genres, input_signature=[tf.TensorSpec([None, None], tf.int64, name="genre_ids")])
 
-  @tf.function(input_signature=[tf.TensorSpec([None, PATCH_FRAMES, 48], tf.float32, name="mel")])
+  @tf.function(input_signature=[tf.TensorSpec([None, audio.PATCH_FRAMES, audio.NUM_BANDS], tf.float32, name="mel")])
   def serve_mel(self, mel):
     pre_head, projection = self.audio_encoder(mel, training=False, return_pre_head=True)
     return {"embedding": pre_head, "projection": projection}
 
   @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")])
   def from_waveform(self, waveform):
-    patches = audio.split_patches(self.frontend(waveform), PATCH_FRAMES)  # (b, n, 256, 48)
+    patches = audio.split_patches(self.frontend(waveform), audio.PATCH_FRAMES)  # (b, n, 256, 48)
     batch, count = tf.shape(patches)[0], tf.shape(patches)[1]
-    flat = tf.reshape(patches, [batch * count, PATCH_FRAMES, 48])
+    flat = tf.reshape(patches, [batch * count, audio.PATCH_FRAMES, audio.NUM_BANDS])
     pre_head, projection = self.audio_encoder(flat, training=False, return_pre_head=True)
     per_patch = tf.reshape(pre_head, [batch, count, pre_head.shape[-1]])
     projections = tf.reshape(projection, [batch, count, projection.shape[-1]])
@@ -132,7 +90,7 @@ def warmup_requests(path, model_name, has_genres):
   """TF Serving's warm-up file: one PredictRequest per signature, as PredictionLog records."""
   from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-  inputs = {"serving_default": {"mel": np.zeros((1, PATCH_FRAMES, 48), np.float32)},
+  inputs = {"serving_default": {"mel": np.zeros((1, audio.PATCH_FRAMES, audio.NUM_BANDS), np.float32)},
             "from_waveform": {"waveform": np.zeros((1, audio.SAMPLE_RATE * 5), np.float32)}}
   if has_genres:
     inputs["genres"] = {"genre_ids": np.array([[1, 0]], np.int64)}
@@ -252,7 +210,7 @@ def verification_inputs(seed=0, level=audio.DEFAULT_LEVEL):
   tones = sum(np.sin(2 * np.pi * f * t) * (0.1 + 0.05 * rng.random()) for f in (110, 220, 330, 660))
   waveform = (tones * (1 + 0.5 * np.sin(2 * np.pi * 2 * t)) + 0.01 * rng.standard_normal(len(t)))
   waveform = (0.3 * waveform / np.max(np.abs(waveform))).astype(np.float32)[None]
-  patches = np.asarray(audio.split_patches(audio.mel_spectrogram(waveform, level), PATCH_FRAMES))[0]
+  patches = np.asarray(audio.split_patches(audio.mel_spectrogram(waveform, level), audio.PATCH_FRAMES))[0]
   return waveform, patches.astype(np.float32)
 
 
@@ -265,10 +223,9 @@ def frontend_of(run):
 def training_level_statistics(run):
   """Per-band statistics of the run's training mels, for the guard of embed and evaluate; None (and a
   warning) when the run's data folder is gone."""
-  from tfcmir.data import pipeline
   folder = run["data"]["tfrecord_dir"]
   try:
-    manifest = pipeline.read_manifest(folder)
+    manifest = shards.read_manifest(folder)
     return levels.shard_band_statistics(folder, manifest)
   except (InputError, OSError, tf.errors.OpError) as err:
     logging.warning("no level statistics of the training mels (%s): embed cannot check its inputs",
@@ -282,16 +239,11 @@ def genre_vocab_of(run, tfrecord_dir=None):
   own = run["data"]["tfrecord_dir"]
   folder = tfrecord_dir or own
   if os.path.realpath(folder) != os.path.realpath(own):
-    manifest_path = os.path.join(folder, "manifest.json")
-    fingerprint = None
-    if os.path.exists(manifest_path):
-      with open(manifest_path, encoding="utf-8") as f:
-        fingerprint = json.load(f).get("fingerprint")
-    if fingerprint != run["data"]["fingerprint"]:
+    if shards.read_fingerprint(folder) != run["data"]["fingerprint"]:
       raise InputError(f"{folder}: not the data the run was trained on ({own}, fingerprint "
                        f"{run['data']['fingerprint'][:12]}); its genre_vocab.json would not match the "
                        "genre tower. Drop --tfrecord_dir to use the run's own folder")
-  path = os.path.join(folder, "genre_vocab.json")
+  path = os.path.join(folder, shards.GENRE_VOCAB)
   if not os.path.exists(path):
     logging.warning("%s: missing; the export ships no genre_vocab.json", path)
     return None
@@ -305,7 +257,7 @@ def export(checkpoint, out, version=1, overwrite=False, name=None, flags_used=No
   The genre vocabulary comes from the run's own data folder (config.json), or from `tfrecord_dir`
   when it holds the same preparation (see genre_vocab_of).
   """
-  model, run, weights = load_trained(checkpoint)
+  model, run, weights = checkpoint_lib.load_trained(checkpoint)
   genre_vocab = genre_vocab_of(run, tfrecord_dir)
   name = name or os.path.basename(os.path.normpath(out))
   safeio.check_ours(out, (MANIFEST,), "export (--out)")
@@ -316,7 +268,7 @@ def export(checkpoint, out, version=1, overwrite=False, name=None, flags_used=No
     manifest = _write_all(model, run, weights, partial, name, version, genre_vocab, essentia)
     manifest["flags"] = flags_used or {}
     manifest["written_by"] = safeio.WRITTEN_BY
-    manifest["files"] = {os.path.relpath(os.path.join(d, f), partial): sha256_file(os.path.join(d, f))
+    manifest["files"] = {os.path.relpath(os.path.join(d, f), partial): safeio.sha256_file(os.path.join(d, f))
                          for d, _, files in os.walk(partial) for f in sorted(files)}
     safeio.write_json(os.path.join(partial, MANIFEST), manifest)
     # The old export stays whole until the new one, complete, takes its place.
@@ -407,7 +359,7 @@ def _write_all(model, run, weights, out, name, version, genre_vocab, essentia):
           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "checkpoint": os.path.abspath(weights), "model": run["model"],
           "embedding_dim": int(keras_pre.shape[-1]), "projection_dim": int(keras_proj.shape[-1]),
-          "patch_frames": PATCH_FRAMES, "sample_rate": audio.SAMPLE_RATE, "frontend": frontend,
+          "patch_frames": audio.PATCH_FRAMES, "sample_rate": audio.SAMPLE_RATE, "frontend": frontend,
           "level_statistics": training_level_statistics(run),
           "signatures": sorted(signatures(tower)), "warmup_requests": warmups,
           "tflite": tflite_files, "tflite_not_written": not_written,

@@ -46,8 +46,7 @@ PROJECTION_NODE = "projection"
 
 # The encoder's patch: 256 frames (~4.1 s at 16 kHz, hop 256) of 48 bands. Patches do not overlap, as
 # the paper averages the embeddings "computed on non-overlapping frames" for a track.
-PATCH_FRAMES = 256
-PATCH_HOP = 256
+PATCH_HOP = audio.PATCH_FRAMES  # non-overlapping
 
 # The Melon front end (tfcmir/audio.py reproduces it to 0.01 dB), in the words Essentia's algorithms use.
 ESSENTIA_CHAIN = (
@@ -61,8 +60,8 @@ ESSENTIA_CHAIN = (
     f"highFrequencyBound={audio.SAMPLE_RATE // 2}) -> "
     "UnaryOperator(type='lin2db', scale=2) -> "
     f"stack frames to (frames, {audio.NUM_BANDS}) -> "
-    f"non-overlapping patches of {PATCH_FRAMES} frames (hop {PATCH_HOP}, the last partial patch dropped) "
-    f"-> Pool tensor (batch, 1, {PATCH_FRAMES}, {audio.NUM_BANDS}) -> "
+    f"non-overlapping patches of {audio.PATCH_FRAMES} frames (hop {PATCH_HOP}, the last partial patch dropped) "
+    f"-> Pool tensor (batch, 1, {audio.PATCH_FRAMES}, {audio.NUM_BANDS}) -> "
     f"TensorflowPredict(inputs=['{INPUT_NODE}'], outputs=['{EMBEDDINGS_NODE}', '{PROJECTION_NODE}'])")
 
 FRONT_END = {
@@ -83,7 +82,7 @@ FRONT_END = {
     "lin2db_scale": 2,
     "db_floor": audio.DB_FLOOR,
     "layout": "time-major (frames, bands)",
-    "patch_size": PATCH_FRAMES,
+    "patch_size": audio.PATCH_FRAMES,
     "patch_hop_size": PATCH_HOP,
     "essentia_chain": ESSENTIA_CHAIN,
     "level": audio.DEFAULT_LEVEL,
@@ -148,7 +147,7 @@ def freeze_audio_encoder(audio_encoder):
     raise ValueError("the AudioEncoder is not built: load or train its weights before exporting")
   encoder = _float32_encoder(audio_encoder)
 
-  @tf.function(input_signature=[tf.TensorSpec([None, PATCH_FRAMES, audio.NUM_BANDS], tf.float32,
+  @tf.function(input_signature=[tf.TensorSpec([None, audio.PATCH_FRAMES, audio.NUM_BANDS], tf.float32,
                                               name=INPUT_NODE)])
   def serve(mel):
     pre_head, projection = encoder(mel, training=False, return_pre_head=True)
@@ -243,7 +242,7 @@ def model_card(name, dims, metadata=None, level=audio.DEFAULT_LEVEL):
       "dataset": dataset,
       "schema": {
           "inputs": [{"name": INPUT_NODE, "type": "float",
-                      "shape": [batch, PATCH_FRAMES, audio.NUM_BANDS]}],
+                      "shape": [batch, audio.PATCH_FRAMES, audio.NUM_BANDS]}],
           "outputs": [
               {"name": EMBEDDINGS_NODE, "type": "float", "shape": [batch, dims[EMBEDDINGS_NODE]],
                "op": "Flatten", "output_purpose": "embeddings"},
@@ -256,7 +255,7 @@ def model_card(name, dims, metadata=None, level=audio.DEFAULT_LEVEL):
           "sample_rate": audio.SAMPLE_RATE,
           "algorithm": "TensorflowPredict",
           # Essentia's Pool holds 4-D tensors; TensorflowPredict(squeeze=True) drops the singleton axis.
-          "input_pool_shape": [batch, 1, PATCH_FRAMES, audio.NUM_BANDS],
+          "input_pool_shape": [batch, 1, audio.PATCH_FRAMES, audio.NUM_BANDS],
           "squeeze": True,
       },
       "front_end": front_end(level),
@@ -275,7 +274,7 @@ def _float32_encoder(audio_encoder):
   config = audio_encoder.get_config()
   config["dtype"] = "float32"
   clone = type(audio_encoder).from_config(config)
-  clone(np.zeros((1, PATCH_FRAMES, audio.NUM_BANDS), np.float32))
+  clone(np.zeros((1, audio.PATCH_FRAMES, audio.NUM_BANDS), np.float32))
   clone.set_weights([np.asarray(w, np.float32) for w in audio_encoder.get_weights()])
   return clone
 

@@ -15,10 +15,8 @@ import sys
 from absl import flags
 
 # --- Audio front end (Melon mels: Essentia, 16 kHz, frame 512, hop 256, 48 slaney bands, dB). -------
-flags.DEFINE_integer("sample_rate", 16000, "Sample rate of the mel front end, Hz.", lower_bound=1000)
-flags.DEFINE_integer("frame_size", 512, "STFT frame size, samples.", lower_bound=16)
-flags.DEFINE_integer("hop_size", 256, "STFT hop size, samples.", lower_bound=1)
-flags.DEFINE_integer("mel_bands", 48, "Mel bands (F_a).", lower_bound=1)
+# Not flags: Melon ships its mels made this way, and every export bakes the front end in, so its
+# constants live once, in tfcmir/audio.py (SAMPLE_RATE, FRAME_SIZE, HOP_SIZE, NUM_BANDS, PATCH_FRAMES).
 flags.DEFINE_enum("mel_level", "auto", ["auto", "essentia", "authors"],
                   "Prepare: the level convention of the corpus's mels: Essentia's Windowing "
                   "normalized=True (essentia) or the authors' normalized=False (authors), 84.25 dB "
@@ -171,7 +169,7 @@ flags.DEFINE_enum("beam_output", "tfrecord", ["tfrecord", "parquet"],
 flags.DEFINE_integer("beam_shards", 0, "Embed with --runner: output shards (0: the runner decides).",
                      lower_bound=0)
 
-# --- Demo data (python -m tfcmir.data.demo, python -m tfcmir.demo). ---------------------------------------
+# --- Demo data (python -m tfcmir.data.generator, python -m tfcmir.demo). ---------------------------------------
 flags.DEFINE_string("demo_dir", "data/demo", "Where the demo datasets are written.")
 flags.DEFINE_integer("demo_songs", 1500, "Songs in the demo Melon corpus.", lower_bound=50)
 flags.DEFINE_integer("demo_playlists", 600, "Playlists in the demo Melon corpus.", lower_bound=10)
@@ -201,10 +199,6 @@ flags.register_validator("split_fractions",
                          lambda v: len(v) == 3 and all(_is_positive_float(x) for x in v)
                          and abs(sum(float(x) for x in v) - 1) < 1e-6,
                          "--split_fractions must be three positive numbers summing to 1")
-flags.register_validator("frame_size", lambda v: v % 2 == 0, "--frame_size must be even")
-flags.register_multi_flags_validator(
-    ["hop_size", "frame_size"], lambda f: f["hop_size"] <= f["frame_size"],
-    "--hop_size must not exceed --frame_size")
 # absl's bounds let NaN through (every comparison with NaN is false), and a NaN learning rate only
 # shows up epochs later as a non-finite loss blamed on the data.
 for _flag in FLAGS.get_key_flags_for_module(__name__):
@@ -312,7 +306,7 @@ def run_main(main, allow_args=False, pipeline_options=False):
   from absl import app
 
   from tfcmir import runtime
-  from tfcmir.data.corpus import InputError
+  from tfcmir.errors import InputError
 
   def guarded(argv):
     runtime.quiet_library_logs(FLAGS.verbosity)

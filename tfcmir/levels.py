@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from tfcmir import audio
-from tfcmir.data.corpus import InputError
+from tfcmir.errors import InputError
 
 AUTHORS_OFFSET_DB = 40 * np.log10(255.5 / 2)  # 84.25: the unscaled Hann window sums to 255.5, not 2
 # Median over non-silent frames of the loudest band, "essentia" convention, real excerpts (see above).
@@ -156,7 +156,7 @@ def shard_band_statistics(tfrecord_dir, manifest, max_songs=200):
 
   import tensorflow as tf
 
-  from tfcmir.prepare import records
+  from tfcmir import shards
 
   files = [os.path.join(tfrecord_dir, s["file"]) for s in manifest["shards"]
            if s["split"] == "train" and s["records"]]
@@ -167,7 +167,7 @@ def shard_band_statistics(tfrecord_dir, manifest, max_songs=200):
   mels = []
   for path in files:
     for serialized in tf.data.TFRecordDataset(path).take(per_file):
-      mels.append(records.parse_numpy(serialized, schema["max_genres"], schema["cf_dim"],
+      mels.append(shards.parse_numpy(serialized, schema["max_genres"], schema["cf_dim"],
                                       schema["bands"])["mel"])
   stats = band_statistics(mels)
   stats["songs"] = len(mels)

@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 
-from tfcmir.data.corpus import InputError
+from tfcmir.errors import InputError
 
 WRITTEN_BY = "tfcmir"  # the field every manifest of ours carries: {"written_by": "tfcmir", ...}
 _TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)(\.[A-Za-z0-9.]+)?$")
@@ -49,10 +49,13 @@ def _fsync(path):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-  """Yields a temporary path next to `path`; renamed to `path` (after fsync) if the block succeeds."""
+def atomic_path(path, temporary=None):
+  """Yields a temporary path next to `path`; renamed to `path` (after fsync) if the block succeeds.
+
+  `temporary`: a name of the caller's own instead of `.NAME.tmp-PID` (a shard's `.NAME.partial`).
+  """
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  temporary = _temporary_name(path)
+  temporary = temporary or _temporary_name(path)
   try:
     yield temporary
     if os.path.isfile(temporary):
@@ -92,12 +95,18 @@ def read_json(path):
     return json.load(f)
 
 
-def sha256_file(path):
+def sha256_chunks(chunks):
+  """The sha256 hex digest of an iterable of bytes or str (str as UTF-8): every checksum and
+  fingerprint of the project is this one function."""
   h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      h.update(block)
+  for chunk in chunks:
+    h.update(chunk.encode() if isinstance(chunk, str) else chunk)
   return h.hexdigest()
+
+
+def sha256_file(path):
+  with open(path, "rb") as f:
+    return sha256_chunks(iter(lambda: f.read(1 << 22), b""))
 
 
 def _is_ours(folder, manifests):

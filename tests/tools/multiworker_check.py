@@ -12,8 +12,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcmir import train
-from tfcmir.data import pipeline
+from tfcmir.train import cluster as cluster_lib
+from tfcmir.train import pipeline
+from tfcmir import shards
 from tfcmir.model import contrastive
 from tfcmir.prepare import genres
 
@@ -21,9 +22,9 @@ GLOBAL_BATCH, STEPS = 16, 3
 
 
 def main(tfrecord_dir, out):
-  cluster = train.Cluster()
-  strategy = train.make_strategy(cluster, timeout_s=120)
-  manifest = pipeline.read_manifest(tfrecord_dir)
+  cluster = cluster_lib.Cluster()
+  strategy = cluster_lib.make_strategy(cluster, timeout_s=120)
+  manifest = shards.read_manifest(tfrecord_dir)
   table = genres.GenreVectors.load(tfrecord_dir).table
   config = contrastive.model_config("contr_cf_g", table.shape, manifest["schema"]["cf_dim"],
                                     channels=[4, 4, 8, 8, 8, 8, 16], hidden_dim=32, embedding_dim=16,

@@ -4,14 +4,15 @@
     python -m tfcmir.embed --runner=DirectRunner ...     # embed.py: audio files -> embeddings
 
 The same code runs on Dataflow, Flink or Spark with another --runner; no cluster code of our own.
-Only this package imports apache_beam, and only its modules other than this one and outputs.py, so
-the base install never needs Beam: the entry points call `require_beam` before importing them.
+Only this package imports apache_beam, and only its modules other than this one, so the base install
+never needs Beam: the entry points call `require_beam` before importing them. (Beam's embeddings load
+back through tfcmir/embeddings.py, without Beam.)
 """
 
 import importlib.util
 import logging
 
-from tfcmir.data.corpus import InputError
+from tfcmir.errors import InputError
 
 INSTALL_HINT = "pip install -e '.[beam]'"
 

@@ -2,11 +2,11 @@
 
     (row, path) for every audio file -> Reshuffle -> BatchElements (files)
       -> EmbedFiles: the export's encoder loaded once per worker (DoFn.setup), then the local embed's
-         own tfcmir.embed.embed_files on each batch (decode, mel, 256-frame patches, --embed_batch
+         own tfcmir.inference.embed_files on each batch (decode, mel, 256-frame patches, --embed_batch
          patches per encoder call)
       -> records -> WriteToTFRecord | WriteToParquet: DIR/embeddings-0000i-of-0000N.{tfrecord,parquet}
       -> unreadable files (path, reason)          -> DIR/skipped.csv
-    then DIR/embeddings_manifest.json, written last; tfcmir.beam.outputs.read_embeddings loads it all
+    then DIR/embeddings_manifest.json, written last; tfcmir.embeddings.read_embeddings loads it all
     back into the local embed's arrays.
 
 Every worker must be able to open the export and the audio files by the paths given here.
@@ -24,11 +24,9 @@ import time
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from tfcmir import embed as embed_lib
-from tfcmir import safeio
+from tfcmir import embeddings, inference, safeio
 from tfcmir.beam import options as options_lib
-from tfcmir.beam import outputs
-from tfcmir.data.corpus import InputError
+from tfcmir.errors import InputError
 
 SKIPPED_TAG = "skipped"
 WORK_DIR = ".beam"
@@ -53,11 +51,11 @@ class EmbedFiles(beam.DoFn):
 
   def setup(self):
     # Once per DoFn instance (a worker keeps it for many bundles): loading a SavedModel takes seconds.
-    self._encoder = embed_lib.Encoder(self._export_dir, self._artifact)
+    self._encoder = inference.Encoder(self._export_dir, self._artifact)
 
   def process(self, batch):
     paths = [path for _, path in batch]
-    rows, per_patch, skipped = embed_lib.embed_files(paths, self._encoder, self._batch_patches,
+    rows, per_patch, skipped = inference.embed_files(paths, self._encoder, self._batch_patches,
                                                      progress=False)
     unreadable = {path for path, _ in skipped}
     readable = [(index, path) for index, path in batch if path not in unreadable]
@@ -66,7 +64,7 @@ class EmbedFiles(beam.DoFn):
       self._patches.inc(row["patches"])
       self._padded.inc(int(row["padded"]))
       self._milliseconds.inc(int(round(row["seconds"] * 1000)))
-      yield outputs.row_record(row, index, patch_embeddings.mean(0),
+      yield embeddings.row_record(row, index, patch_embeddings.mean(0),
                                patch_embeddings if self._per_patch else None)
     for path, reason in skipped:
       yield beam.pvalue.TaggedOutput(SKIPPED_TAG, (path, reason))
@@ -87,17 +85,17 @@ def build(pipeline, paths, export_dir, out, work_dir, artifact="saved_model", ba
              | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=MAX_FILES_PER_BATCH)
              | "Embed" >> beam.ParDo(EmbedFiles(export_dir, artifact, batch_patches, per_patch))
              .with_outputs(SKIPPED_TAG, main="records"))
-  prefix = os.path.join(out, outputs.PREFIX)
+  prefix = os.path.join(out, embeddings.PREFIX)
   if fmt == "parquet":
     written = (results.records
-               | "ToParquetRows" >> beam.Map(outputs.to_parquet_row)
-               | "Write" >> beam.io.WriteToParquet(prefix, outputs.arrow_schema(per_patch),
-                                                   file_name_suffix=outputs.SUFFIX[fmt],
+               | "ToParquetRows" >> beam.Map(embeddings.to_parquet_row)
+               | "Write" >> beam.io.WriteToParquet(prefix, embeddings.arrow_schema(per_patch),
+                                                   file_name_suffix=embeddings.SUFFIX[fmt],
                                                    num_shards=num_shards))
   else:
     written = (results.records
-               | "ToExamples" >> beam.Map(outputs.to_example)
-               | "Write" >> beam.io.WriteToTFRecord(prefix, file_name_suffix=outputs.SUFFIX[fmt],
+               | "ToExamples" >> beam.Map(embeddings.to_example)
+               | "Write" >> beam.io.WriteToTFRecord(prefix, file_name_suffix=embeddings.SUFFIX[fmt],
                                                     num_shards=num_shards))
   (written
    | "FileNames" >> beam.Map(os.path.basename)
@@ -111,10 +109,10 @@ def build(pipeline, paths, export_dir, out, work_dir, artifact="saved_model", ba
 
 def _check_export(export_dir, artifact):
   """The export's manifest, checked here so a bad --embed_model fails before any worker starts."""
-  manifest = embed_lib.read_export_manifest(export_dir)
-  embed_lib.verify_export(export_dir, manifest, artifact)  # again in each worker, as it loads
-  if artifact in embed_lib.TFLITE_FILES or artifact == "onnx":
-    model = os.path.join(export_dir, *embed_lib.artifact_files(manifest, artifact)[0].split("/"))
+  manifest = inference.read_export_manifest(export_dir)
+  inference.verify_export(export_dir, manifest, artifact)  # again in each worker, as it loads
+  if artifact in inference.TFLITE_FILES or artifact == "onnx":
+    model = os.path.join(export_dir, *inference.artifact_files(manifest, artifact)[0].split("/"))
     if not os.path.exists(model):
       raise InputError(f"{model}: this export has no such {'ONNX' if artifact == 'onnx' else 'TFLite'} "
                        "model")
@@ -131,8 +129,8 @@ def run(paths, export_dir, out, pipeline_options, artifact="saved_model", batch_
     except ImportError as err:
       raise InputError("--beam_output=parquet needs pyarrow: pip install pyarrow") from err
   os.makedirs(out, exist_ok=True)
-  manifest_path = os.path.join(out, outputs.MANIFEST)
-  previous = embed_lib.previous_outputs(out)
+  manifest_path = os.path.join(out, embeddings.MANIFEST)
+  previous = embeddings.previous_outputs(out)
   if os.path.exists(manifest_path):
     os.remove(manifest_path)  # from now on the folder holds no complete result until this run's
   work_dir = os.path.join(out, WORK_DIR)
@@ -145,13 +143,13 @@ def run(paths, export_dir, out, pipeline_options, artifact="saved_model", batch_
 
   with open(os.path.join(work_dir, "files.txt"), encoding="utf-8") as f:
     files = sorted(line.strip() for line in f if line.strip())
-  os.replace(os.path.join(work_dir, "skipped.csv"), os.path.join(out, outputs.SKIPPED))
+  os.replace(os.path.join(work_dir, "skipped.csv"), os.path.join(out, embeddings.SKIPPED))
   shutil.rmtree(work_dir)
   _remove_stale_shards(out, files)
-  embed_lib.remove_stale(out, previous, files + [outputs.SKIPPED])
-  with open(os.path.join(out, outputs.SKIPPED), encoding="utf-8", newline="") as f:
+  embeddings.remove_stale(out, previous, files + [embeddings.SKIPPED])
+  with open(os.path.join(out, embeddings.SKIPPED), encoding="utf-8", newline="") as f:
     skipped = [(r["path"], r["reason"]) for r in csv.DictReader(f)]
-  embed_lib.check_some_read(paths, skipped)
+  inference.check_some_read(paths, skipped)
   counts = {name: options_lib.counter(result, name)
             for name in ("files", "patches", "padded", "audio_ms")}
   manifest = {"written_by": safeio.WRITTEN_BY, "format": fmt, "files": files, "embedded": counts["files"],
@@ -171,7 +169,7 @@ def run(paths, export_dir, out, pipeline_options, artifact="saved_model", batch_
 
 def _remove_stale_shards(out, files):
   """Shards of an earlier run with another shard count: not this run's, and would confuse a glob."""
-  pattern = re.compile(rf"^{outputs.PREFIX}-\d{{5}}-of-\d{{5}}\.(tfrecord|parquet)$")
+  pattern = re.compile(rf"^{embeddings.PREFIX}-\d{{5}}-of-\d{{5}}\.(tfrecord|parquet)$")
   for name in os.listdir(out):
     if pattern.match(name) and name not in files:
       os.remove(os.path.join(out, name))
@@ -183,7 +181,7 @@ def summary(manifest, out):
   lines = [f"embedded {manifest['embedded']} files ({manifest['patches']} patches, {seconds:.0f} s "
            f"of audio) with {manifest['artifact']} on {manifest['runner']} in "
            f"{manifest['seconds']:.1f} s -> {out} ({len(manifest['files'])} {manifest['format']} "
-           f"shards; read them with tfcmir.beam.outputs.read_embeddings)"]
+           f"shards; read them with tfcmir.embeddings.read_embeddings)"]
   if manifest["padded"]:
     lines.append(f"shorter than one patch, padded with silence: {manifest['padded']} "
                  "(flagged in the records)")

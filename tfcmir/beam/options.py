@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState, create_runner
 
 from tfcmir.beam import INSTALL_HINT
-from tfcmir.data.corpus import InputError
+from tfcmir.errors import InputError
 
 # How long a run may go on after a worker thread failed before it is declared dead: the runner's other
 # threads fail in a burst when a worker goes, and a run that was finishing anyway can still finish.

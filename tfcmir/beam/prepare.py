@@ -5,13 +5,13 @@ their files; steps.prepare then hands the songs to `BeamShardWriter`, which runs
 
     songs.jsonl (one work item a line: id, split, genre rows, CF vector, mel or audio path)
       -> ReadFromText -> Reshuffle -> SongToRecord (load the mel or decode the audio, serialize with
-         tfcmir.prepare.shards.song_example, the local writer's own function)
+         tfcmir.prepare.sharding.song_example, the local writer's own function)
       -> records by split -> WriteToTFRecord per split: {split}-00000-of-0000N.tfrecord
       -> each shard scanned once: records, bytes, sha256, short mels  -> shards.jsonl
       -> problems (bad or short mels), combined                       -> problems.json
 
 and returns the shard records steps.prepare needs for the same manifest.json as a local run, so
-tfcmir.data.pipeline and tfcmir.train read Beam output unchanged. Record order within and across shards
+tfcmir.train.pipeline and tfcmir.train read Beam output unchanged. Record order within and across shards
 is the runner's; the records are the local writer's, byte for byte.
 
 Every worker must be able to open the mel or audio files and the output folder by the same paths as
@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import base64
 import collections
-import hashlib
 import json
 import os
-import re
 import shutil
 import struct
 import time
@@ -34,20 +32,19 @@ import apache_beam as beam
 import numpy as np
 
 from tfcmir.beam import options as options_lib
-from tfcmir.data.corpus import Problems
-from tfcmir.prepare import shards
+from tfcmir.errors import Problems
+from tfcmir import safeio, shards
+from tfcmir.prepare import sharding
 
-SPLITS = ("train", "val", "test")
 WORK_DIR = ".beam"  # work items and the pipeline's reports; removed when the run succeeds
 PROBLEMS = "problems"
-SHARD_FILE = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord$")
 
 
 # --- Work items. ---------------------------------------------------------------------------------------
 
 
 def entry_to_json(entry):
-  """A shards.Entry -> one JSON line; the CF vector as base64 float32 bytes, so it is bit-exact."""
+  """A sharding.Entry -> one JSON line; the CF vector as base64 float32 bytes, so it is bit-exact."""
   return json.dumps({
       "song_id": int(entry.song_id), "split": entry.split,
       "genres": np.asarray(entry.genres, np.int64).tolist(),
@@ -57,7 +54,7 @@ def entry_to_json(entry):
 
 def entry_from_json(line):
   item = json.loads(line)
-  return shards.Entry(item["song_id"], item["split"], np.asarray(item["genres"], np.int64),
+  return sharding.Entry(item["song_id"], item["split"], np.asarray(item["genres"], np.int64),
                       np.frombuffer(base64.b64decode(item["cf"]), "<f4").astype(np.float32),
                       item["has_cf"], item["mel_path"], item["audio_path"])
 
@@ -78,7 +75,7 @@ class SongToRecord(beam.DoFn):
   def process(self, line):
     entry = entry_from_json(line)
     problems = Problems(strict=self._strict)  # strict: raises InputError, which fails the run
-    serialized = shards.song_example(entry, self._bands, self._crop_frames, problems,
+    serialized = sharding.song_example(entry, self._bands, self._crop_frames, problems,
                                      self._mel_level)
     for kind, count in problems.counts.items():
       yield beam.pvalue.TaggedOutput(PROBLEMS, (kind, count, problems.examples[kind]))
@@ -118,23 +115,27 @@ def describe_shard(path, crop_frames):
   """A written shard -> its manifest record: reads it once for records, bytes, sha256, short mels."""
   from tensorflow.core.example import example_pb2  # protobuf only; the workers have TensorFlow
 
-  digest, records, short, size = hashlib.sha256(), 0, 0, 0
-  with open(path, "rb") as f:
-    while True:
-      header = f.read(12)  # TFRecord framing: uint64 length, uint32 masked crc of the length
-      if not header:
-        break
-      (length,) = struct.unpack("<Q", header[:8])
-      data = f.read(length)
-      footer = f.read(4)  # masked crc of the data
-      digest.update(header + data + footer)
-      size += len(header) + len(data) + len(footer)
-      example = example_pb2.Example.FromString(data)
-      short += example.features.feature["frames"].int64_list.value[0] < crop_frames
-      records += 1
+  counts = {"records": 0, "short": 0, "bytes": 0}
+
+  def frames():  # the file's bytes, record by record, counting as they go by
+    with open(path, "rb") as f:
+      while True:
+        header = f.read(12)  # TFRecord framing: uint64 length, uint32 masked crc of the length
+        if not header:
+          break
+        (length,) = struct.unpack("<Q", header[:8])
+        data = f.read(length)
+        footer = f.read(4)  # masked crc of the data
+        counts["bytes"] += len(header) + len(data) + len(footer)
+        example = example_pb2.Example.FromString(data)
+        counts["short"] += example.features.feature["frames"].int64_list.value[0] < crop_frames
+        counts["records"] += 1
+        yield header + data + footer
+
+  digest = safeio.sha256_chunks(frames())
   name = os.path.basename(path)
-  return {"file": name, "split": name.split("-")[0], "records": records, "bytes": size,
-          "sha256": digest.hexdigest(), "short_mel": int(short)}
+  return {"file": name, "split": name.split("-")[0], "records": counts["records"],
+          "bytes": counts["bytes"], "sha256": digest, "short_mel": int(counts["short"])}
 
 
 # --- The writer steps.prepare calls. -------------------------------------------------------------------
@@ -144,16 +145,16 @@ def clean(out_dir):
   """Removes what an unfinished run (Beam or local) left: shards, Beam's temp folders, work files."""
   for name in os.listdir(out_dir):
     path = os.path.join(out_dir, name)
-    if SHARD_FILE.match(name) or (name.startswith(".") and name.endswith(".partial")):
+    if shards.SHARD_FILE.match(name):
       os.remove(path)
-    elif name in (WORK_DIR, shards.PROGRESS_DIR) or name.startswith("beam-temp-"):
+    elif name in (WORK_DIR, sharding.PROGRESS_DIR) or name.startswith("beam-temp-"):
       shutil.rmtree(path)
 
 
 def shard_counts(entries, songs_per_shard):
-  """{split: shards}, as the local writer plans them (tfcmir.prepare.shards.plan)."""
+  """{split: shards}, as the local writer plans them (tfcmir.prepare.sharding.plan)."""
   sizes = collections.Counter(e.split for e in entries)
-  return {split: -(-sizes[split] // songs_per_shard) for split in SPLITS if sizes[split]}
+  return {split: -(-sizes[split] // songs_per_shard) for split in shards.SPLITS if sizes[split]}
 
 
 def build(pipeline, songs_file, out_dir, work_dir, counts, bands, crop_frames, strict,
@@ -164,10 +165,10 @@ def build(pipeline, songs_file, out_dir, work_dir, counts, bands, crop_frames, s
              | "Spread" >> beam.Reshuffle()
              | "SongToRecord" >> beam.ParDo(SongToRecord(bands, crop_frames, strict, mel_level)).with_outputs(
                  PROBLEMS, main="records"))
-  by_split = results.records | "BySplit" >> beam.Partition(lambda kv, n: SPLITS.index(kv[0]),
-                                                            len(SPLITS))
+  by_split = results.records | "BySplit" >> beam.Partition(lambda kv, n: shards.SPLITS.index(kv[0]),
+                                                            len(shards.SPLITS))
   written = []
-  for index, split in enumerate(SPLITS):
+  for index, split in enumerate(shards.SPLITS):
     if split in counts:
       written.append(
           by_split[index]
@@ -217,7 +218,7 @@ class BeamShardWriter:
 
     with open(os.path.join(work_dir, "shards.jsonl"), encoding="utf-8") as f:
       written = [json.loads(line) for line in f if line.strip()]
-    written.sort(key=lambda r: (SPLITS.index(r["split"]), r["file"]))  # the local writer's order
+    written.sort(key=lambda r: (shards.SPLITS.index(r["split"]), r["file"]))  # the local writer's order
     with open(os.path.join(work_dir, "problems.json"), encoding="utf-8") as f:
       found = json.load(f)
     problems.merge(found["counts"], found["examples"])

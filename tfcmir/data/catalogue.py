@@ -73,7 +73,8 @@ import urllib.request
 from absl import logging
 
 from tfcmir.audio import AUDIO_EXTENSIONS
-from tfcmir.data.corpus import Corpus, InputError, Problems, SongRecord, order_genres
+from tfcmir.errors import InputError, Problems
+from tfcmir.data.corpus import Corpus, SongRecord, order_genres
 
 PLAYLIST_EXTENSIONS = (".m3u", ".m3u8")
 GENRE_SEPARATOR = "|"

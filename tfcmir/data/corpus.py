@@ -7,55 +7,12 @@ a message naming the file or id, a count per kind for the manifest, and the run 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 
 import numpy as np
-from absl import logging
 
-
-class InputError(ValueError):
-  """Bad input data; the message names the file or id and the problem."""
-
-
-class Problems:
-  """Collects bad-input reports: counts per kind, the first few messages, or an error when strict."""
-
-  MAX_LOGGED = 10  # per kind; the rest are counted only, so a bad dataset does not flood the log
-
-  def __init__(self, strict=False):
-    self.strict = strict
-    self.counts = collections.Counter()
-    self.examples = collections.defaultdict(list)
-
-  def report(self, kind, message, outcome="skipped"):
-    """Records one problem of `kind` ('missing_mel', 'bad_mel', ...); raises InputError if strict.
-
-    `outcome` says what became of the input in the log ('skipped', 'dropped (song kept)', ...).
-    """
-    if self.strict:
-      raise InputError(message)
-    self.counts[kind] += 1
-    if len(self.examples[kind]) < self.MAX_LOGGED:
-      self.examples[kind].append(message)
-      logging.warning("%s (%s; --strict stops here)", message, outcome)
-
-  def note(self, kind, message):
-    """Counts an expected gap in the data (e.g. a Melon song without a mel file): never fatal."""
-    self.counts[kind] += 1
-    if len(self.examples[kind]) < self.MAX_LOGGED:
-      self.examples[kind].append(message)
-
-  def merge(self, counts, examples):
-    for kind, n in counts.items():
-      self.counts[kind] += n
-      room = self.MAX_LOGGED - len(self.examples[kind])
-      self.examples[kind].extend(examples.get(kind, [])[:max(room, 0)])
-
-  def to_json(self):
-    return {"counts": dict(sorted(self.counts.items())),
-            "examples": {k: v for k, v in sorted(self.examples.items()) if v}}
+from tfcmir.errors import InputError, Problems
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 
-from tfcmir.data.corpus import Corpus, InputError, Problems, SongRecord, mel_file, order_genres
+from tfcmir.errors import InputError, Problems
+
+from tfcmir.data.corpus import Corpus, SongRecord, mel_file, order_genres
 
 PLAYLIST_FILES = ("train", "val", "test")
 

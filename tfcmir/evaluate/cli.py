@@ -1,7 +1,7 @@
 """`python -m tfcmir.evaluate --task=gtzan|jamendo|continuation|all --models=exports/A,exports/B`.
 
 The paper's section 3.3 on exported encoders, as users run them: every track is embedded with the
-export's SavedModel through `tfcmir.embed` (patches of 256 frames), then
+export's SavedModel through `tfcmir.inference` (patches of 256 frames), then
 
   gtzan         MLP (256 ReLU) on patch embeddings, majority vote per track, accuracy (Table 1)
   jamendo       MLP 128-64 on mean track embeddings, macro ROC-AUC / PR-AUC per category (Table 2)
@@ -19,8 +19,9 @@ import time
 import numpy as np
 from absl import flags
 
-from tfcmir import audio, embed, safeio
-from tfcmir.data.corpus import InputError, load_mel, mel_file
+from tfcmir import audio, inference, safeio
+from tfcmir.errors import InputError
+from tfcmir.data.corpus import load_mel, mel_file
 from tfcmir.evaluate import report
 
 FLAGS = flags.FLAGS
@@ -29,14 +30,14 @@ PAPER_NAMES = {"contr_cf_g": "Contr_CF-G", "contr_g": "Contr_G", "contr_cf": "Co
 
 
 def load_encoders(export_dirs, strict=False):
-  """{row label: embed.Encoder}; rows are named after the paper's models when the mode says which.
+  """{row label: inference.Encoder}; rows are named after the paper's models when the mode says which.
 
   Each encoder computes mels in its model's level convention and checks them against its training
   mels (`strict`: an off-distribution file stops the run instead of a warning).
   """
   encoders = {}
   for export_dir in export_dirs:
-    encoder = embed.Encoder(export_dir, strict=strict)
+    encoder = inference.Encoder(export_dir, strict=strict)
     label = PAPER_NAMES.get(encoder.manifest.get("mode"), os.path.basename(export_dir))
     if label in encoders:
       label = f"{label} ({os.path.basename(os.path.normpath(export_dir))})"
@@ -46,7 +47,7 @@ def load_encoders(export_dirs, strict=False):
 
 def embed_audio(encoder, paths):
   """{path: (patches, D)} for readable files; unreadable ones raise, naming the file."""
-  rows, per_patch, skipped = embed.embed_files(paths, encoder, progress=False)
+  rows, per_patch, skipped = inference.embed_files(paths, encoder, progress=False)
   if skipped:
     path, reason = skipped[0]
     raise InputError(f"{path}: {reason} ({len(skipped)} unreadable files in all)")

@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 from annoy import AnnoyIndex
 
-from tfcmir.data.corpus import InputError
+from tfcmir.errors import InputError
 from tfcmir.data.melon import PLAYLIST_FILES, load_json
 from tfcmir.evaluate import metrics
 

@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from tfcmir.data.corpus import InputError
+from tfcmir.errors import InputError
 
 CATEGORIES = ("genre", "instrument", "moodtheme")
 PARTS = ("train", "validation", "test")

@@ -6,7 +6,7 @@ One class serves the paper's six models, chosen by `mode`:
   bline_g     genre prediction from audio         bline_cf   CF-vector regression from audio
   bline_cf_g  both baselines at once (B-line_CF-G)
 
-A batch is the reader's dict (tfcmir.data.pipeline): mel (batch, 256, 48), genres (batch, T_w),
+A batch is the reader's dict (tfcmir.train.pipeline): mel (batch, 256, 48), genres (batch, T_w),
 cf (batch, F_cf). Losses are sums over the replica's songs (see tfcmir/model/tasks.py); the metrics
 report them per song, so the logged numbers do not depend on the batch size or the replica count.
 """

@@ -1,7 +1,7 @@
 """`python -m tfcmir.prepare --flagfile=...`: a Melon-layout dataset or your own catalogue -> shards.
 
-The flag-reading side of the step (tfcmir/prepare/steps.py is the flag-free side); tfcmir.demo uses
-it too.
+The flag-reading side of the step (tfcmir/prepare/steps.py is the flag-free side); `run` takes plain
+arguments, and tfcmir.demo calls it so.
 
 Writes to --tfrecord_dir (or --out): split.json, genre_vectors.npy, genre_vocab.json, warp.npz, the
 TFRecord shards and manifest.json. See tfcmir/prepare/steps.py for the steps and resumption.
@@ -10,31 +10,40 @@ TFRecord shards and manifest.json. See tfcmir/prepare/steps.py for the steps and
 from absl import flags
 
 from tfcmir import flags as tfcmir_flags
-from tfcmir.data.corpus import InputError, Problems
+from tfcmir.errors import InputError, Problems
 from tfcmir.prepare import steps
 
 FLAGS = flags.FLAGS
-DEMO_HINT = "for the demo data, run `python -m tfcmir.data.demo --flagfile=configs/demo.flags` first"
+DEMO_HINT = "for the demo data, run `python -m tfcmir.data.generator --flagfile=configs/demo.flags` first"
 
 
-def read_corpus(problems):
-  if FLAGS.source == "melon":
+def source_from_flags():
+  """The source the flags name, as the manifest records it: {'name': 'melon' | 'catalogue', paths...}."""
+  source = {"name": FLAGS.source, "melon_dir": FLAGS.melon_dir, "mel_dir": FLAGS.melon_mel_dir,
+            "catalogue_audio_dir": FLAGS.catalogue_audio_dir, "catalogue_csv": FLAGS.catalogue_csv,
+            "catalogue_playlists": FLAGS.catalogue_playlists}
+  return {k: v for k, v in source.items() if v}
+
+
+def read_corpus(source, problems):
+  """A source dict (source_from_flags) -> its Corpus, read by the layout's own reader."""
+  if source["name"] == "melon":
     from tfcmir.data import melon
-    if not FLAGS.melon_dir:
+    if not source.get("melon_dir"):
       raise InputError("--melon_dir is required with --source=melon")
     try:
-      return melon.read_melon(FLAGS.melon_dir, FLAGS.melon_mel_dir, problems)
+      return melon.read_melon(source["melon_dir"], source.get("mel_dir"), problems)
     except InputError as err:
       if "folder not found" in str(err):
         raise InputError(f"{err} ({DEMO_HINT})") from err
       raise
   from tfcmir.data import catalogue
   missing = [f"--{n}" for n in ("catalogue_audio_dir", "catalogue_csv", "catalogue_playlists")
-             if not FLAGS[n].value]
+             if not source.get(n)]
   if missing:
     raise InputError(f"--source=catalogue needs {', '.join(missing)}")
-  return catalogue.read_catalogue(FLAGS.catalogue_audio_dir, FLAGS.catalogue_csv,
-                                  FLAGS.catalogue_playlists, problems)
+  return catalogue.read_catalogue(source["catalogue_audio_dir"], source["catalogue_csv"],
+                                  source["catalogue_playlists"], problems)
 
 
 def config_from_flags():
@@ -43,8 +52,7 @@ def config_from_flags():
       genre_dim=FLAGS.genre_dim, max_genres=FLAGS.max_genres, w2v_epochs=FLAGS.w2v_epochs,
       cf_dim=FLAGS.cf_dim, warp_epochs=FLAGS.warp_epochs, warp_negatives=FLAGS.warp_negatives,
       warp_learning_rate=FLAGS.warp_learning_rate, cf_backend=FLAGS.cf_backend,
-      shard_mb=FLAGS.shard_mb, bands=FLAGS.mel_bands,
-      crop_frames=FLAGS.crop_frames)
+      shard_mb=FLAGS.shard_mb, crop_frames=FLAGS.crop_frames)
 
 
 def summary(out, manifest):
@@ -71,20 +79,17 @@ def summary(out, manifest):
   return "\n".join(lines)
 
 
-def run(out, shard_writer=None):
-  """Prepares the source the flags name into `out`; returns the manifest.
+def run(out, source, config, workers=2, overwrite=False, strict=False, flags_used=None,
+        shard_writer=None, mel_level="auto"):
+  """Prepares `source` (source_from_flags) into `out`; returns the manifest.
 
-  `shard_writer`: see steps.prepare (None: the local worker pool).
+  `config`: a steps.PrepareConfig. `shard_writer`: see steps.prepare (None: the local worker pool).
   """
-  problems = Problems(strict=FLAGS.strict)
-  corpus = read_corpus(problems)
-  source = {"name": FLAGS.source, "melon_dir": FLAGS.melon_dir, "mel_dir": FLAGS.melon_mel_dir,
-            "catalogue_audio_dir": FLAGS.catalogue_audio_dir, "catalogue_csv": FLAGS.catalogue_csv,
-            "catalogue_playlists": FLAGS.catalogue_playlists}
-  return steps.prepare(corpus, out, config_from_flags(), FLAGS.workers, FLAGS.overwrite,
-                       FLAGS.strict, progress=True, flags_used=tfcmir_flags.resolved(),
-                       source={k: v for k, v in source.items() if v}, shard_writer=shard_writer,
-                       mel_level_flag=FLAGS.mel_level)
+  problems = Problems(strict=strict)
+  corpus = read_corpus(source, problems)
+  return steps.prepare(corpus, out, config, workers, overwrite, strict, progress=True,
+                       flags_used=flags_used, source=source, shard_writer=shard_writer,
+                       mel_level_flag=mel_level)
 
 
 def main(argv):
@@ -93,4 +98,5 @@ def main(argv):
   if FLAGS.runner:  # the per-song work as an Apache Beam pipeline; leftover flags are its options
     from tfcmir import beam
     shard_writer = beam.shard_writer(FLAGS.runner, argv[1:], FLAGS.beam_timeout_s)
-  print(summary(out, run(out, shard_writer)))
+  print(summary(out, run(out, source_from_flags(), config_from_flags(), FLAGS.workers, FLAGS.overwrite,
+                          FLAGS.strict, tfcmir_flags.resolved(), shard_writer, FLAGS.mel_level)))

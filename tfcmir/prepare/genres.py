@@ -10,16 +10,15 @@ the genre encoder has row 0 reserved for padding (zeros) and one row per genre c
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import zlib
 
 import numpy as np
 from gensim.models import Word2Vec
 
-from tfcmir import safeio
+from tfcmir import safeio, shards
 
-PAD = 0
+PAD = shards.GENRE_PAD
 
 
 def _stable_hash(text):
@@ -50,17 +49,14 @@ class GenreVectors:
     return np.array(rows + [PAD] * (length - len(rows)), np.int64)
 
   def save(self, folder):
-    safeio.atomic_write(os.path.join(folder, "genre_vectors.npy"), lambda f: np.save(f, self.table))
-    safeio.write_json(os.path.join(folder, "genre_vocab.json"),
+    safeio.atomic_write(os.path.join(folder, shards.GENRE_VECTORS), lambda f: np.save(f, self.table))
+    safeio.write_json(os.path.join(folder, shards.GENRE_VOCAB),
                       {"pad_row": PAD, "codes": {c: i + 1 for i, c in enumerate(self.codes)}},
                       indent=0, ensure_ascii=False)
 
   @classmethod
   def load(cls, folder):
-    with open(os.path.join(folder, "genre_vocab.json"), encoding="utf-8") as f:
-      vocab = json.load(f)["codes"]
-    codes = sorted(vocab, key=vocab.get)
-    return cls(codes, np.load(os.path.join(folder, "genre_vectors.npy")))
+    return cls(*shards.genre_table(folder))
 
 
 def train_genre_vectors(song_genres, playlist_genres, vocabulary, dim=200, epochs=5, seed=0):

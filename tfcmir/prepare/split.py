@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
-SPLITS = ("train", "val", "test")
 
 
 def multi_hot(genre_lists, vocabulary):

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
-import re
 import shutil
 import time
 
@@ -23,16 +21,15 @@ import numpy as np
 import scipy.sparse
 from absl import logging
 
-from tfcmir import __version__, safeio
-from tfcmir.data.corpus import InputError
+from tfcmir import __version__, audio, safeio, shards
+from tfcmir.errors import InputError
 from tfcmir.prepare import genres as genres_lib
-from tfcmir.prepare import shards, split as split_lib
+from tfcmir.prepare import sharding
+from tfcmir.prepare import split as split_lib
 
-MANIFEST = "manifest.json"
 STATE = "state.json"
 FORMAT_VERSION = 1
-_SHARD = re.compile(r"^\.?(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.partial)?$")  # only ours
-ARTIFACTS = ("split.json", "genre_vectors.npy", "genre_vocab.json", "warp.npz", STATE, MANIFEST)
+ARTIFACTS = ("split.json", shards.GENRE_VECTORS, shards.GENRE_VOCAB, "warp.npz", STATE, shards.MANIFEST)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,31 +45,31 @@ class PrepareConfig:
   warp_learning_rate: float = 0.05
   cf_backend: str = "tf"  # fit_warp (TensorFlow) or "lightfm" (warp.fit_lightfm)
   shard_mb: int = 128
-  bands: int = 48
-  crop_frames: int = 256
+  bands: int = audio.NUM_BANDS
+  crop_frames: int = audio.PATCH_FRAMES
   mel_level: str = "essentia"  # the level convention of the mels (tfcmir/levels.py); set by prepare
 
 
 def fingerprint(corpus, config):
   """sha256 of what the outputs depend on: songs, genres, playlists and settings."""
-  h = hashlib.sha256()
   settings = dataclasses.asdict(config)
   if settings["mel_level"] == "essentia":  # what every preparation before the level was recorded had
     del settings["mel_level"]
   if settings["cf_backend"] == "tf":  # likewise: every preparation before LightFM was offered
     del settings["cf_backend"]
-  h.update(json.dumps(settings, sort_keys=True).encode())
-  for s in corpus.songs:
-    h.update(f"{s.song_id}|{','.join(s.genres)}|{s.mel_path}|{s.audio_path}\n".encode())
-  for p in corpus.playlists:
-    h.update((",".join(map(str, p)) + "\n").encode())
-  h.update(json.dumps(sorted(corpus.genre_names)).encode())
-  return h.hexdigest()
+
+  def parts():
+    yield json.dumps(settings, sort_keys=True)
+    for s in corpus.songs:
+      yield f"{s.song_id}|{','.join(s.genres)}|{s.mel_path}|{s.audio_path}\n"
+    for p in corpus.playlists:
+      yield ",".join(map(str, p)) + "\n"
+    yield json.dumps(sorted(corpus.genre_names))
+  return safeio.sha256_chunks(parts())
 
 
 def _load_json(path):
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return safeio.read_json(path)
 
 
 def _save_json(path, obj):
@@ -82,11 +79,11 @@ def _save_json(path, obj):
 def _clear(out_dir):
   for name in os.listdir(out_dir):
     path = os.path.join(out_dir, name)
-    if _SHARD.match(name) or name in ARTIFACTS:
+    if shards.SHARD_FILE.match(name) or name in ARTIFACTS:
       os.remove(path)
     elif name.startswith(".") and name.endswith(".partial"):
       os.remove(path)
-    elif name == shards.PROGRESS_DIR:
+    elif name == sharding.PROGRESS_DIR:
       shutil.rmtree(path)
 
 
@@ -133,7 +130,7 @@ def global_steps(corpus, config, out_dir, progress=True):
   started = time.time()
   assignment = split_lib.stratified_split(song_genres, vocabulary, config.fractions, config.seed)
   _save_json(os.path.join(out_dir, "split.json"),
-             {name: ids[assignment == name].tolist() for name in split_lib.SPLITS})
+             {name: ids[assignment == name].tolist() for name in shards.SPLITS})
   timings["split"] = time.time() - started
 
   started = time.time()
@@ -185,7 +182,7 @@ def songs_per_shard(corpus, config):
     elif song.audio_path:
       import soundfile as sf
       try:
-        frames.append(int(sf.info(song.audio_path).duration * 16000 / 256) + 1)
+        frames.append(int(sf.info(song.audio_path).duration * audio.SAMPLE_RATE / audio.HOP_SIZE) + 1)
       except (RuntimeError, sf.LibsndfileError):
         continue
   per_song = (max(frames) if frames else 1876) * config.bands * 2 + 4 * config.cf_dim + 200
@@ -195,7 +192,7 @@ def songs_per_shard(corpus, config):
 LEVEL_SAMPLE = 24  # mel files measured to detect the level convention
 
 
-def mel_level(corpus, requested="auto", bands=48):
+def mel_level(corpus, requested="auto", bands=audio.NUM_BANDS):
   """The corpus's level convention: (level, how it was chosen, statistics or None). See levels.py.
 
   Measures up to LEVEL_SAMPLE mel files spread over the corpus; unreadable ones are left to the
@@ -221,8 +218,8 @@ def prepare(corpus, out_dir, config=PrepareConfig(), workers=2, overwrite=False,
 
   `shard_writer`, if given, writes the shards instead of this module's worker pool (e.g.
   tfcmir.beam.prepare.BeamShardWriter): called as `shard_writer(entries, songs_per_shard, out_dir,
-  config, strict, problems)`, it writes the records of `shards.song_example`, adds the song-level
-  problems to `problems`, and returns (shard records, shards reused) as `shards.write_all` does.
+  config, strict, problems)`, it writes the records of `sharding.song_example`, adds the song-level
+  problems to `problems`, and returns (shard records, shards reused) as `sharding.write_all` does.
 
   `mel_level_flag`: auto (detect the level convention from the corpus's mels), essentia or authors;
   the result goes into `config.mel_level` (so into the fingerprint) and the manifest.
@@ -239,7 +236,7 @@ def prepare(corpus, out_dir, config=PrepareConfig(), workers=2, overwrite=False,
   elif state and state.get("fingerprint") != key:
     raise InputError(f"{out_dir}: holds shards of another preparation (other data or settings); "
                      "use --overwrite to replace them, or another --tfrecord_dir")
-  manifest_path = os.path.join(out_dir, MANIFEST)
+  manifest_path = os.path.join(out_dir, shards.MANIFEST)
   if state and state.get("complete") and os.path.exists(manifest_path):
     logging.info("%s is already prepared (use --overwrite to redo it)", out_dir)
     return _load_json(manifest_path)
@@ -257,14 +254,14 @@ def prepare(corpus, out_dir, config=PrepareConfig(), workers=2, overwrite=False,
     _save_json(state_path, {"fingerprint": key, "global_done": True, "complete": False,
                             "timings": timings, "warp": warp_stats})
 
-  entries = [shards.Entry(s.song_id, str(a), vectors.ids(s.genres, config.max_genres), cf[i],
+  entries = [sharding.Entry(s.song_id, str(a), vectors.ids(s.genres, config.max_genres), cf[i],
                           bool(has_cf[i]), s.mel_path, s.audio_path)
              for i, (s, a) in enumerate(zip(corpus.songs, assignment))]
   shard_started = time.time()
   if shard_writer is None:
-    tasks = shards.plan(entries, songs_per_shard(corpus, config), out_dir, config.bands,
+    tasks = sharding.plan(entries, songs_per_shard(corpus, config), out_dir, config.bands,
                         config.crop_frames, strict, config.mel_level)
-    written, skipped = shards.write_all(tasks, workers, progress)
+    written, skipped = sharding.write_all(tasks, workers, progress)
   else:
     written, skipped = shard_writer(entries, songs_per_shard(corpus, config), out_dir, config, strict,
                                     corpus.problems)
@@ -274,9 +271,9 @@ def prepare(corpus, out_dir, config=PrepareConfig(), workers=2, overwrite=False,
   for record in written:
     problems.merge(record["problems"]["counts"], record["problems"]["examples"])
   counts = {name: sum(r["records"] for r in written if r["split"] == name)
-            for name in split_lib.SPLITS}
+            for name in shards.SPLITS}
   with_cf = {name: int(sum(has_cf[i] for i, a in enumerate(assignment) if a == name))
-             for name in split_lib.SPLITS}
+             for name in shards.SPLITS}
   manifest = {
       "format_version": FORMAT_VERSION,
       "tfcmir_version": __version__,
@@ -289,7 +286,7 @@ def prepare(corpus, out_dir, config=PrepareConfig(), workers=2, overwrite=False,
       "schema": {"mel": {"dtype": "float16", "layout": "frames x bands (time-major)",
                          "level": level},
                  "bands": config.bands, "max_genres": config.max_genres, "cf_dim": config.cf_dim,
-                 "genres": {"dtype": "int64", "shape": [config.max_genres], "pad": genres_lib.PAD},
+                 "genres": {"dtype": "int64", "shape": [config.max_genres], "pad": shards.GENRE_PAD},
                  "cf": {"dtype": "float32", "shape": [config.cf_dim]}},
       "counts": {"songs": counts, "with_cf": with_cf,
                  "short_mel": int(sum(r["short_mel"] for r in written)),

@@ -3,7 +3,7 @@
     ds = pipeline.dataset("tfrecords/demo", "train", batch_size=128, training=True, seed=0)
     for batch in ds: batch["mel"]  # float32 (128, 256, 48)
 
-It reads manifest.json first and checks every shard against it (present, right size; optionally the
+It reads manifest.json first and checks every shard against it (tfcmir/shards.py) (present, right size; optionally the
 sha256 or every record), so a truncated or corrupt shard is reported by name before training starts.
 Training takes a new random 256-frame crop each time a song is drawn (as the authors' code); evaluation
 takes the centre crop. Mels shorter than the crop are padded with the front end's floor (-200 dB).
@@ -11,92 +11,14 @@ takes the centre crop. Mels shorter than the crop are padded with the front end'
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
 from tfcmir.audio import DB_FLOOR
-from tfcmir.data.corpus import InputError
-from tfcmir.prepare import records, shards
-
-MANIFEST = "manifest.json"
-VERIFY_LEVELS = ("none", "size", "checksum", "records")
-
-
-def split_size(manifest, split, only_with_cf=False):
-  """Songs of `split` in the shards (those with a CF vector only, if asked)."""
-  counts = manifest["counts"]["with_cf" if only_with_cf else "songs"]
-  return int(counts[split])
-
-
-def read_manifest(tfrecord_dir):
-  path = os.path.join(tfrecord_dir, MANIFEST)
-  if not os.path.exists(path):
-    raise InputError(f"{path}: no manifest; run `python -m tfcmir.prepare` for {tfrecord_dir} first")
-  try:
-    with open(path, encoding="utf-8") as f:
-      manifest = json.load(f)
-  except json.JSONDecodeError as err:
-    raise InputError(f"{path}: malformed manifest ({err})") from err
-  for key in ("schema", "shards", "counts"):
-    if key not in manifest:
-      raise InputError(f"{path}: manifest lacks '{key}'; was it written by tfcmir.prepare?")
-  return manifest
-
-
-def scan_shard(path, max_genres, cf_dim, bands):
-  """Reads every record of a shard; returns the count or raises InputError naming the shard."""
-  count = 0
-  try:
-    for serialized in tf.data.TFRecordDataset(path):
-      records.parse(serialized, max_genres, cf_dim, bands)
-      count += 1
-  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
-    raise InputError(f"{path}: corrupt shard, record {count} cannot be read "
-                     f"({err.message.splitlines()[0]})") from err
-  return count
-
-
-def verify_shards(tfrecord_dir, manifest, split=None, level="size"):
-  """Checks the shards of `split` (all if None) against the manifest; raises InputError by name."""
-  if level not in VERIFY_LEVELS:
-    raise ValueError(f"verify level must be one of {VERIFY_LEVELS}, got {level!r}")
-  schema = manifest["schema"]
-  for shard in manifest["shards"]:
-    if split is not None and shard["split"] != split:
-      continue
-    path = os.path.join(tfrecord_dir, shard["file"])
-    if level == "none":
-      continue
-    if not os.path.exists(path):
-      raise InputError(f"{path}: shard listed in the manifest is missing")
-    size = os.path.getsize(path)
-    if size != shard["bytes"]:
-      raise InputError(f"{path}: shard is {size} bytes, the manifest says {shard['bytes']} "
-                       "(truncated or replaced); re-run tfcmir.prepare")
-    if level == "checksum" and shards.sha256_file(path) != shard["sha256"]:
-      raise InputError(f"{path}: shard checksum differs from the manifest (corrupt); "
-                       "re-run tfcmir.prepare --overwrite")
-    if level == "records":
-      count = scan_shard(path, schema["max_genres"], schema["cf_dim"], schema["bands"])
-      if count != shard["records"]:
-        raise InputError(f"{path}: {count} records, the manifest says {shard['records']}")
-
-
-def find_corrupt_shards(tfrecord_dir, split=None):
-  """Names the shards that fail a full read (to explain a DataLossError met during training)."""
-  manifest = read_manifest(tfrecord_dir)
-  bad = []
-  for shard in manifest["shards"]:
-    if split is None or shard["split"] == split:
-      try:
-        verify_shards(tfrecord_dir, {**manifest, "shards": [shard]}, level="records")
-      except InputError as err:
-        bad.append(str(err))
-  return bad
-
+from tfcmir.errors import InputError
+from tfcmir import shards
 
 def crop(mel, frames, training, seed=None):
   """A (frames, bands) mel -> (frames_out, bands): random crop when training, centre crop otherwise.
@@ -114,7 +36,7 @@ def crop(mel, frames, training, seed=None):
   return mel[start:start + frames]
 
 
-_DB_FLOOR_BITS = int(np.array(DB_FLOOR, records.MEL_DTYPE).view(np.uint16))
+_DB_FLOOR_BITS = int(np.array(DB_FLOOR, shards.MEL_DTYPE).view(np.uint16))
 
 
 def crop_encoded(mel_bytes, frames, bands, training, seed=None):
@@ -131,10 +53,10 @@ def crop_encoded(mel_bytes, frames, bands, training, seed=None):
     seed: op seed of the random start.
 
   Returns:
-    uint16 (frames, bands): the float16 bit patterns (records.mel_from_bits converts them); a mel
+    uint16 (frames, bands): the float16 bit patterns (shards.mel_from_bits converts them); a mel
     shorter than `frames` is padded at the end with DB_FLOOR.
   """
-  row = bands * records.MEL_DTYPE.itemsize
+  row = bands * shards.MEL_DTYPE.itemsize
   size = tf.strings.length(mel_bytes)
   tf.debugging.assert_equal(size % row, 0, message=f"mel bytes are not whole frames of {bands} bands")
   length = size // row
@@ -144,13 +66,13 @@ def crop_encoded(mel_bytes, frames, bands, training, seed=None):
   else:
     start = room // 2
   piece = tf.strings.substr(mel_bytes, start * row, frames * row)
-  mel = tf.reshape(tf.io.decode_raw(piece, records.MEL_BITS, little_endian=True), [-1, bands])
+  mel = tf.reshape(tf.io.decode_raw(piece, shards.MEL_BITS, little_endian=True), [-1, bands])
   return tf.pad(mel, [[0, frames - tf.shape(mel)[0]], [0, 0]], constant_values=_DB_FLOOR_BITS)
 
 
 def dataset(tfrecord_dir, split, batch_size, crop_frames=256, training=True, seed=None,
             shuffle_buffer=2048, drop_remainder=None, verify="size", repeat=False, only_with_cf=False,
-            input_context=None, take_batches=None):
+            input_context=None, take_batches=None, manifest=None):
   """Batches of one split of prepared shards.
 
   Args:
@@ -168,18 +90,19 @@ def dataset(tfrecord_dir, split, batch_size, crop_frames=256, training=True, see
     input_context: a tf.distribute.InputContext (strategy.distribute_datasets_from_function): this
       input pipeline's part of the data. Training: a disjoint subset of the shard files if there are at
       least as many files as pipelines (each worker reads only its own), else every pipeline reads all
-      files in order and keeps its 1/N of the records. Evaluation: always the records, in file order.
+      files in order and keeps its 1/N of the shards. Evaluation: always the records, in file order.
       `batch_size` is then the per-replica batch.
     take_batches: evaluation: only the first `take_batches` global batches (per-replica batch x
       replicas in sync) of the split, so that every pipeline yields exactly `take_batches` batches and
       no worker waits for another that has run out.
+    manifest: the folder's manifest, when the caller has read it already.
 
   Returns:
     tf.data.Dataset of dicts: mel float32 (batch, crop_frames, bands), genres int64 (batch, T_w),
     cf float32 (batch, F_cf), has_cf int64 (batch,), song_id int64 (batch,).
   """
-  manifest = read_manifest(tfrecord_dir)
-  verify_shards(tfrecord_dir, manifest, split, verify)
+  manifest = manifest or shards.read_manifest(tfrecord_dir)
+  shards.verify_shards(tfrecord_dir, manifest, split, verify)
   schema = manifest["schema"]
   files = [os.path.join(tfrecord_dir, s["file"]) for s in manifest["shards"]
            if s["split"] == split and s["records"] > 0]
@@ -202,7 +125,7 @@ def dataset(tfrecord_dir, split, batch_size, crop_frames=256, training=True, see
                         deterministic=not training or shard_records)
   if repeat:
     ds = ds.repeat()
-  spec = records.features(schema["max_genres"], schema["cf_dim"])
+  spec = shards.features(schema["max_genres"], schema["cf_dim"])
 
   def prepare(serialized):
     example = tf.io.parse_single_example(serialized, spec)
@@ -225,7 +148,7 @@ def dataset(tfrecord_dir, split, batch_size, crop_frames=256, training=True, see
   if training:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  ds = ds.map(lambda batch: dict(batch, mel=records.mel_from_bits(batch["mel"])))
+  ds = ds.map(lambda batch: dict(batch, mel=shards.mel_from_bits(batch["mel"])))
   ds = ds.prefetch(tf.data.AUTOTUNE)
   if not training:
     # Keras drops the validation iterator after every epoch, and deleting an iterator joins its

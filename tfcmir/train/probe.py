@@ -14,8 +14,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tfcmir.data import pipeline
 from tfcmir.model import contrastive
+from tfcmir.train import pipeline
 
 
 def embed_split(audio_encoder, tfrecord_dir, split="test", batch_size=64):

@@ -16,8 +16,9 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from tfcmir import safeio
-from tfcmir.data.corpus import InputError, Problems, load_mel
+from tfcmir import safeio, shards
+from tfcmir.errors import InputError, Problems
+from tfcmir.data.corpus import load_mel
 
 PROGRESS_DIR = ".progress"
 
@@ -45,9 +46,6 @@ class ShardTask:
   mel_level: str = "essentia"  # the front end's window normalisation for audio songs (tfcmir/levels.py)
 
 
-def shard_name(split, index, count):
-  return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
-
 
 def plan(entries, songs_per_shard, out_dir, bands, crop_frames, strict, mel_level="essentia"):
   """Groups entries by split (train, val, test order) into shards of at most `songs_per_shard`."""
@@ -57,13 +55,12 @@ def plan(entries, songs_per_shard, out_dir, bands, crop_frames, strict, mel_leve
     count = max(1, -(-len(items) // songs_per_shard)) if items else 0
     for i in range(count):
       chunk = tuple(items[i * songs_per_shard:(i + 1) * songs_per_shard])
-      tasks.append(ShardTask(shard_name(split, i, count), chunk, out_dir, bands, crop_frames, strict,
+      tasks.append(ShardTask(shards.shard_name(split, i, count), chunk, out_dir, bands, crop_frames, strict,
                              mel_level))
   return tasks
 
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
-sha256_file = safeio.sha256_file  # the name the pipeline and tests know
 
 
 def _song_mel(entry, bands, mel_level="essentia"):
@@ -83,8 +80,7 @@ def song_example(entry, bands, crop_frames, problems, mel_level="essentia"):
   the same bytes. A bad song is reported to `problems` (raising there when strict); a mel shorter
   than `crop_frames` is noted as 'short_mel' and kept (padded when read).
   """
-  from tfcmir.prepare import records
-
+  
   try:
     mel = _song_mel(entry, bands, mel_level)
   except InputError as err:
@@ -101,7 +97,7 @@ def song_example(entry, bands, crop_frames, problems, mel_level="essentia"):
   if mel.shape[0] < crop_frames:
     problems.note("short_mel", f"song {entry.song_id}: {mel.shape[0]} frames < {crop_frames}, "
                   "padded when read")
-  return records.serialize(entry.song_id, entry.split, mel, entry.genres, entry.cf, entry.has_cf)
+  return shards.serialize(entry.song_id, entry.split, mel, entry.genres, entry.cf, entry.has_cf)
 
 
 def write_shard(task):
@@ -109,26 +105,22 @@ def write_shard(task):
   import tensorflow as tf
 
   problems = Problems(strict=task.strict)
-  final = os.path.join(task.out_dir, task.name)
-  temporary = os.path.join(task.out_dir, f".{task.name}.partial")
   written = 0
-  with tf.io.TFRecordWriter(temporary) as writer:
-    for entry in task.entries:
-      serialized = song_example(entry, task.bands, task.crop_frames, problems, task.mel_level)
-      if serialized is not None:
-        writer.write(serialized)
-        written += 1
-  progress = {"file": task.name, "split": task.name.split("-")[0], "records": written,
-              "bytes": os.path.getsize(temporary), "sha256": sha256_file(temporary),
-              "short_mel": problems.counts["short_mel"],
-              "problems": {"counts": dict(problems.counts), "examples": dict(problems.examples)}}
-  _write_json_atomic(os.path.join(task.out_dir, PROGRESS_DIR, task.name + ".json"), progress)
-  os.replace(temporary, final)
+  # The temporary name is the shard's own hidden `.NAME.partial`, which prepare's --overwrite clears.
+  with safeio.atomic_path(os.path.join(task.out_dir, task.name),
+                          temporary=os.path.join(task.out_dir, f".{task.name}.partial")) as temporary:
+    with tf.io.TFRecordWriter(temporary) as writer:
+      for entry in task.entries:
+        serialized = song_example(entry, task.bands, task.crop_frames, problems, task.mel_level)
+        if serialized is not None:
+          writer.write(serialized)
+          written += 1
+    progress = {"file": task.name, "split": task.name.split("-")[0], "records": written,
+                "bytes": os.path.getsize(temporary), "sha256": safeio.sha256_file(temporary),
+                "short_mel": problems.counts["short_mel"],
+                "problems": {"counts": dict(problems.counts), "examples": dict(problems.examples)}}
+    safeio.write_json(os.path.join(task.out_dir, PROGRESS_DIR, task.name + ".json"), progress)
   return progress
-
-
-def _write_json_atomic(path, obj):
-  safeio.write_json(path, obj)
 
 
 def _done(task):

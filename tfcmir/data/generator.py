@@ -1,6 +1,6 @@
 """Deterministic demo datasets in the real datasets' published layouts.
 
-    python -m tfcmir.data.demo --out DIR --seed N [--flagfile=configs/demo.flags]
+    python -m tfcmir.data.generator --out DIR --seed N [--flagfile=configs/demo.flags]
 
 writes, from one generative process (tfcmir/data/synth.py):
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import datetime
-import hashlib
 import json
 import multiprocessing
 import os
@@ -58,7 +57,6 @@ class DemoConfig:
   missing_mel: float = 0.03
   gtzan_per_genre: int = 20
   jamendo_tracks: int = 300
-  sample_rate: int = 16000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,10 +219,10 @@ def write_melon(out, rng, config, pool):
   for name, index in parts.items():
     _write_json(os.path.join(melon, f"{name}.json"), [playlists[i] for i in sorted(index)])
   has_mel = rng.random(len(songs)) >= config.missing_mel
-  tasks = [(song, config.seconds, config.sample_rate, None) for song, keep in zip(songs, has_mel)
+  tasks = [(song, config.seconds, audio.SAMPLE_RATE, None) for song, keep in zip(songs, has_mel)
            if keep]
   kept_ids = ids[has_mel]
-  mel_layer = audio.MelSpectrogram(sample_rate=config.sample_rate)
+  mel_layer = audio.MelSpectrogram()
   batch, batch_ids = [], []
 
   def flush():
@@ -251,7 +249,7 @@ def write_melon(out, rng, config, pool):
   _write_json(os.path.join(out, "truth", "melon.json"), truth)
   return {"songs": len(songs), "songs_with_mel": int(has_mel.sum()), "artists": len(artists),
           "playlists": {k: int(len(v)) for k, v in parts.items()},
-          "mel_frames": int(audio.num_frames(int(round(config.seconds * config.sample_rate))))}
+          "mel_frames": int(audio.num_frames(int(round(config.seconds * audio.SAMPLE_RATE))))}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,17 +409,18 @@ def generate(out, config=DemoConfig(), workers=2, overwrite=False):
 
 def digest(out):
   """sha256 over every file's relative path and bytes (the manifest's timing aside)."""
-  h = hashlib.sha256()
-  for d, dirs, files in sorted(os.walk(out)):
-    dirs.sort()
-    for name in sorted(files):
-      if name == MANIFEST:
-        continue
-      path = os.path.join(d, name)
-      h.update(os.path.relpath(path, out).encode())
-      with open(path, "rb") as f:
-        h.update(f.read())
-  return h.hexdigest()
+
+  def parts():
+    for d, dirs, files in sorted(os.walk(out)):
+      dirs.sort()
+      for name in sorted(files):
+        if name == MANIFEST:
+          continue
+        path = os.path.join(d, name)
+        yield os.path.relpath(path, out)
+        with open(path, "rb") as f:
+          yield f.read()
+  return safeio.sha256_chunks(parts())
 
 
 def config_from_flags(seed=None):
@@ -429,7 +428,7 @@ def config_from_flags(seed=None):
   return DemoConfig(seed=F.seed if seed is None else seed, songs=F.demo_songs,
                     playlists=F.demo_playlists, seconds=F.demo_seconds,
                     missing_mel=F.demo_missing_mel, gtzan_per_genre=F.demo_gtzan_per_genre,
-                    jamendo_tracks=F.demo_jamendo_tracks, sample_rate=F.sample_rate)
+                    jamendo_tracks=F.demo_jamendo_tracks)
 
 
 def summary(out, manifest):

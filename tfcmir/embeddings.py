@@ -1,6 +1,14 @@
-"""What `python -m tfcmir.embed --runner=...` writes, and `read_embeddings` to load it back (no Beam needed).
+"""The format of an embeddings folder (`python -m tfcmir.embed --out=DIR`): written by the local embed
+and by the Beam embed, read back without Beam.
 
-Under --out:
+The local embed (write_outputs) writes under --out:
+  embeddings.npy            float32 (files, D): the mean of each file's patch embeddings
+  index.csv                 row, path, patches, first_patch, padded, seconds
+  patch_embeddings.npy      with --per_patch: float32 (all patches, D)
+  (or, with --embed_format=npz, the same arrays in one embeddings.npz)
+  embeddings_manifest.json  written last: the files of this run (an earlier run's others are removed)
+
+The Beam embed (`--runner=...`, tfcmir/beam/embed.py) writes under --out, read back by read_embeddings:
   embeddings-00000-of-0000N.tfrecord | .parquet   one record per embedded file (below)
   skipped.csv                                     path,reason of every file that could not be read
   embeddings_manifest.json                        written last: the shard files, format, counts
@@ -12,12 +20,14 @@ the file's patch embeddings, as the local embed's embeddings.npy), patches, padd
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 
 import numpy as np
 
-from tfcmir.data.corpus import InputError
+from tfcmir import safeio
+from tfcmir.errors import InputError
 
 MANIFEST = "embeddings_manifest.json"
 SKIPPED = "skipped.csv"
@@ -29,7 +39,7 @@ def row_record(row, index, embedding, patch_embeddings=None):
   """One embedded file -> the dict every output format stores.
 
   Args:
-    row: a row of tfcmir.embed.embed_files (path, patches, padded, seconds).
+    row: a row of tfcmir.inference.embed_files (path, patches, padded, seconds).
     index: the file's position in the input list.
     embedding: float32 (D,) mean patch embedding.
     patch_embeddings: float32 (patches, D), or None.
@@ -148,3 +158,59 @@ def read_embeddings(out_dir):
     out["patch_embeddings"] = (np.concatenate([r["patch_embeddings"] for r in records]).reshape(-1, dim)
                                if records else np.zeros((0, dim), np.float32))
   return out
+
+
+def previous_outputs(out):
+  """The files an earlier embed (local or Beam) listed in out's embeddings manifest: ours to remove."""
+  path = os.path.join(out, MANIFEST)
+  try:
+    manifest = safeio.read_json(path)
+    files = list(manifest.get("files", []))
+  except (OSError, ValueError, AttributeError, TypeError):
+    return []
+  if manifest.get("format") != "local":
+    files.append("skipped.csv")  # a Beam run's, not in its list of shards
+  return [f for f in files if isinstance(f, str) and os.path.basename(f) == f]
+
+
+def remove_stale(out, previous, written):
+  """Removes what an earlier run wrote into `out` and this one did not (never files of others)."""
+  safeio.remove_ours(out, sorted(set(previous) - set(written)))
+
+
+def write_outputs(out, rows, per_patch, per_patch_out=False, fmt="npy"):
+  """Writes the arrays and the index, each under a temporary name renamed when complete, and
+  embeddings_manifest.json listing them; files an earlier run listed there and this one did not
+  write (an old patch_embeddings.npy) are removed."""
+  os.makedirs(out, exist_ok=True)
+  safeio.clean_leftovers(out)  # temporary files of a killed run
+  previous = previous_outputs(out)
+  means = np.stack([p.mean(0) for p in per_patch]).astype(np.float32) if per_patch else np.zeros((0, 0))
+  first = np.cumsum([0] + [r["patches"] for r in rows])[:-1]
+  arrays = {"embeddings": means}
+  if per_patch_out:
+    arrays["patch_embeddings"] = (np.concatenate(per_patch).astype(np.float32) if per_patch
+                                  else np.zeros((0, 0), np.float32))
+  if fmt == "npz":
+    arrays.update(paths=np.array([r["path"] for r in rows]), patches=np.array([r["patches"] for r in rows]),
+                  first_patch=first, padded=np.array([r["padded"] for r in rows]))
+    safeio.atomic_write(os.path.join(out, "embeddings.npz"), lambda f: np.savez(f, **arrays))
+    _finish(out, previous, ["embeddings.npz"])
+    return
+  for name, array in arrays.items():
+    safeio.atomic_write(os.path.join(out, f"{name}.npy"), lambda f, a=array: np.save(f, a))
+
+  def write_index(f):
+    writer = csv.writer(f)
+    writer.writerow(["row", "path", "patches", "first_patch", "padded", "seconds"])
+    for i, (row, start) in enumerate(zip(rows, first)):
+      writer.writerow([i, row["path"], row["patches"], int(start), int(row["padded"]),
+                       f"{row['seconds']:.2f}"])
+  safeio.atomic_write(os.path.join(out, "index.csv"), write_index, text=True)
+  _finish(out, previous, [f"{name}.npy" for name in arrays] + ["index.csv"])
+
+
+def _finish(out, previous, written):
+  remove_stale(out, previous, written)
+  safeio.write_json(os.path.join(out, MANIFEST), {"written_by": safeio.WRITTEN_BY, "format": "local",
+                                                  "files": written})
