@@ -280,7 +280,8 @@ def move_to_splits(music_dir, clips, split):
     moved[track_id] = []
     for relative, start in parts:
       target = f"{split[track_id]}/{relative}"
-      os.renames(os.path.join(music_dir, *relative.split("/")), os.path.join(music_dir, *target.split("/")))
+      os.renames(os.path.join(music_dir, *relative.split("/")),
+                 os.path.join(music_dir, *target.split("/")))
       moved[track_id].append((target, start))
   return moved
 

@@ -1,8 +1,8 @@
 """Whether training helped on your own music: `python -m tfcmir.evaluate --task=catalogue`.
 
 For a labelled catalogue (tfcmir.data.catalogue's layout) whose CSV also says, in a `split` column,
-which songs are held out (`test`) and which are not (`train`; `val` rows are left out), with the
-same split for every song of a track (`track` column; without one every song is its own track):
+which songs are held out (`test`) and which are not (`train`, or `val`: see below), with the same
+split for every song of a track (`track` column; without one every song is its own track):
 
   1-NN accuracy   each held-out song takes the label of its nearest training song (cosine);
   linear probe    logistic regression (tfcmir.data.probes.classification_probe) fit on the training
@@ -19,10 +19,11 @@ mean, deviation and mean absolute frame-to-frame change of the mel, from the exp
 the floor that needs no training. Chance rows: the training majority label, and the random hit@10.
 
 A song's label is the code of the first genre of its CSV row (benchmarks/devset.py puts the style
-first: `SuperTux|SuperTux forest` -> 'supertux'). A song's vector is the mean of its patch embeddings (or its mel statistics); a track's,
-the mean of its songs'. Before any distance every feature is standardised with the training songs'
-mean and deviation, so the mel statistics (dB means of -60 beside deviations of 5) are compared on an
-equal footing with embeddings; the same for every row. Songs without a genre serve the playlists only.
+first: `SuperTux|SuperTux forest` -> 'supertux'). A song's vector is the mean of its patch embeddings
+(or its mel statistics); a track's, the mean of its songs'. Before any distance every feature is
+standardised with the training songs' mean and deviation, so the mel statistics (dB means of -60
+beside deviations of 5) are compared on an equal footing, the same for every row. Songs without a
+genre, and `val` songs, serve only as playlist tracks (queries if held out, candidates always).
 
 Writes catalogue.md and catalogue.json into --eval_dir.
 """
