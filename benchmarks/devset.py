@@ -96,12 +96,23 @@ Track = collections.namedtuple("Track", "track_id package style fine path source
 
 # --- Packages: download, unpack, licences. -------------------------------------------------------------
 
+def _run(command, **kwargs):
+  """subprocess.run that stops with one line when the tool is missing or fails."""
+  try:
+    return subprocess.run(command, check=True, **kwargs)
+  except FileNotFoundError:
+    sys.exit(f"{command[0]} not found: this script needs Debian's dpkg-deb, and apt-get unless the "
+             f".deb files are already in --debs (from http://deb.debian.org/debian/pool/)")
+  except subprocess.CalledProcessError as err:
+    sys.exit(f"{' '.join(command)} failed with exit code {err.returncode}")
+
+
 def download(name, deb_dir):
   """The .deb of package `name` in deb_dir, downloaded with apt-get unless one is already there."""
   found = sorted(glob.glob(os.path.join(deb_dir, f"{name}_*.deb")))
   if found:
     return found[-1]
-  subprocess.run(["apt-get", "download", name], cwd=deb_dir, check=True)
+  _run(["apt-get", "download", name], cwd=deb_dir)
   found = sorted(glob.glob(os.path.join(deb_dir, f"{name}_*.deb")))
   if not found:
     sys.exit(f"apt-get download {name} wrote no .deb into {deb_dir}")
@@ -110,13 +121,12 @@ def download(name, deb_dir):
 
 def unpack(deb, dest):
   """Unpacks a .deb into dest (reused when complete); returns (dest, version)."""
-  version = subprocess.run(["dpkg-deb", "-f", deb, "Version"], check=True, capture_output=True,
-                           text=True).stdout.strip()
+  version = _run(["dpkg-deb", "-f", deb, "Version"], capture_output=True, text=True).stdout.strip()
   done = os.path.join(dest, ".unpacked")
   if not os.path.exists(done):
     shutil.rmtree(dest, ignore_errors=True)
     os.makedirs(dest)
-    subprocess.run(["dpkg-deb", "-x", deb, dest], check=True)
+    _run(["dpkg-deb", "-x", deb, dest])
     open(done, "w").close()
   return dest, version
 
