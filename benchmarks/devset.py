@@ -1,6 +1,6 @@
 """A real-music development set, rebuilt by anyone from free Debian packages: a labelled catalogue.
 
-    python benchmarks/devset.py --out=DIR [--debs=DIR] [--clips_per_track=3] [--seed=0]
+    python benchmarks/devset.py --out=DIR [--debs=DIR] [--packages=A,B] [--clips_per_track=3] [--seed=0]
     python benchmarks/devset.py --quick        # offline smoke test (CI): a generated package tree
 
 Downloads five free game-music packages from Debian (`apt-get download`, no root needed; a .deb
@@ -465,6 +465,8 @@ def main():
   parser.add_argument("--test_fraction", type=float, default=0.25)
   parser.add_argument("--playlists", type=int, default=60)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--packages", default=",".join(p.name for p in PACKAGES),
+                      help="comma-separated subset of the packages (default: all five)")
   parser.add_argument("--quick", action="store_true", help="offline: build from generated packages")
   args = parser.parse_args()
   started = time.time()
@@ -482,8 +484,12 @@ def main():
   debs = os.path.abspath(args.debs or os.path.join(os.path.dirname(out), "devset-debs"))
   os.makedirs(debs, exist_ok=True)
   os.makedirs(out, exist_ok=True)
+  chosen = [name.strip() for name in args.packages.split(",") if name.strip()]
+  unknown = sorted(set(chosen) - {p.name for p in PACKAGES})
+  if unknown:
+    parser.error(f"--packages: {', '.join(unknown)} not one of {', '.join(p.name for p in PACKAGES)}")
   packages, roots, debs_used = [], {}, {}
-  for package in PACKAGES:
+  for package in (p for p in PACKAGES if p.name in chosen):
     deb = download(package.name, debs)
     roots[package.name], version = unpack(deb, os.path.join(debs, "unpacked", package.name))
     packages.append((package, version))
