@@ -127,8 +127,9 @@ flags.DEFINE_bool("per_patch", False, "Embed: also write every patch's embedding
 flags.DEFINE_enum("embed_format", "npy", ["npy", "npz"],
                   "Embed: .npy arrays + index.csv, or one .npz.")
 flags.DEFINE_integer("embed_batch", 64, "Embed: patches per encoder call.", lower_bound=1)
-flags.DEFINE_enum("task", "all", ["all", "gtzan", "jamendo", "continuation"],
-                  "Evaluate: the downstream task(s) of the paper's section 3.3.")
+flags.DEFINE_enum("task", "all", ["all", "gtzan", "jamendo", "continuation", "catalogue"],
+                  "Evaluate: the downstream task(s) of the paper's section 3.3 (all: the three), or "
+                  "catalogue: your own catalogue (--catalogue_*) with a `split` column by track.")
 flags.DEFINE_list("models", [], "Evaluate: export folders to compare (rows of the tables).")
 flags.DEFINE_string("gtzan_dir", None, "Evaluate: GTZAN root ({genre}/*.wav and *_filtered.txt).")
 flags.DEFINE_string("jamendo_dir", None, "Evaluate: MTG-Jamendo root (audio/ and data/splits/).")

@@ -6,6 +6,8 @@ export's SavedModel through `tfcmir.inference` (patches of 256 frames), then
   gtzan         MLP (256 ReLU) on patch embeddings, majority vote per track, accuracy (Table 1)
   jamendo       MLP 128-64 on mean track embeddings, macro ROC-AUC / PR-AUC per category (Table 2)
   continuation  Annoy neighbours of each seed among the test-split songs, nDCG@100 / MAP@100 (Table 3)
+  catalogue     your own labelled catalogue with a split by track (--catalogue_*): 1-NN and linear-probe
+                label accuracy and playlist hit@10, beside log-mel statistics (evaluate/catalogue.py)
 
 Tables (Markdown + JSON) and plots (GTZAN confusion matrices, 2-D embedding maps) go to --eval_dir.
 """
@@ -184,6 +186,15 @@ def _require(value, flag):
 
 
 def main(argv):
+  if FLAGS.task == "catalogue":  # any labelled catalogue with a track-grouped split
+    from tfcmir.evaluate import catalogue
+    for flag in ("catalogue_audio_dir", "catalogue_csv", "catalogue_playlists"):
+      _require(getattr(FLAGS, flag), f"--{flag}")
+    table = catalogue.evaluate_catalogue(load_encoders(FLAGS.models, FLAGS.strict),
+                                         FLAGS.catalogue_audio_dir, FLAGS.catalogue_csv,
+                                         FLAGS.catalogue_playlists, FLAGS.out or FLAGS.eval_dir, FLAGS.seed)
+    print(f"\ncatalogue\n{table}")
+    return
   tasks = ["gtzan", "jamendo", "continuation"] if FLAGS.task == "all" else [FLAGS.task]
   tables = evaluate(tasks, FLAGS.models, FLAGS.out or FLAGS.eval_dir, FLAGS.gtzan_dir,
                     FLAGS.jamendo_dir, FLAGS.jamendo_split, FLAGS.melon_dir, FLAGS.melon_mel_dir,
