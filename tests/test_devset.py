@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT
+from helpers import ROOT
 from tfcmir.data.catalogue import read_catalogue
 
 _SPEC = importlib.util.spec_from_file_location("devset", os.path.join(ROOT, "benchmarks", "devset.py"))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import run_module
-from tfcmir.data.corpus import InputError
+from helpers import run_module
+from tfcmir.errors import InputError
 from tfcmir.evaluate import catalogue
 
 
@@ -151,7 +151,7 @@ class MeanBandEncoder:
 def test_export_rows_and_floor_on_tones(tmp_path):
   music, csv_path, playlists = tone_catalogue(str(tmp_path))
   labelled = catalogue.read_labelled(music, csv_path, playlists)
-  # The stand-in's song vector, via tfcmir.embed, is the mean band energy: the floor's first 48 columns.
+  # The stand-in's song vector, via tfcmir.inference, is the mean band energy: the floor's first 48 columns.
   embedded = catalogue.export_vectors(MeanBandEncoder(), labelled.paths)
   floor = catalogue.mel_vectors(labelled.paths, MeanBandEncoder.frontend)
   np.testing.assert_allclose(embedded, floor[:, :48], rtol=1e-5, atol=1e-4)

@@ -5,7 +5,7 @@ which songs are held out (`test`) and which are not (`train`, or `val`: see belo
 split for every song of a track (`track` column; without one every song is its own track):
 
   1-NN accuracy   each held-out song takes the label of its nearest training song (cosine);
-  linear probe    logistic regression (tfcmir.data.probes.classification_probe) fit on the training
+  linear probe    logistic regression (tfcmir.data.structure.classification_probe) fit on the training
                   songs, accuracy on the held-out songs;
   playlist hit@10 from audio alone: for every playlist P and every held-out track t in P with another
                   track in P, a hit when t's 10 nearest tracks (cosine, among every other track of the
@@ -14,7 +14,7 @@ split for every song of a track (`track` column; without one every song is its o
                   when the 10 neighbours are drawn at random: 1 - C(N-1-m, 10) / C(N-1, 10) for a
                   track with m other tracks in P among N tracks, averaged over the pairs.
 
-for every export in --models, and for log-mel statistics (tfcmir.data.probes.mel_statistics: per-band
+for every export in --models, and for log-mel statistics (tfcmir.data.structure.mel_statistics: per-band
 mean, deviation and mean absolute frame-to-frame change of the mel, from the export's own front end),
 the floor that needs no training. Chance rows: the training majority label, and the random hit@10.
 
@@ -36,10 +36,10 @@ import os
 
 import numpy as np
 
-from tfcmir import embed, safeio
+from tfcmir import inference, safeio
 from tfcmir.data import catalogue as catalogue_lib
-from tfcmir.data.corpus import InputError
-from tfcmir.data.probes import classification_probe, mel_statistics
+from tfcmir.data.structure import classification_probe, mel_statistics
+from tfcmir.errors import InputError
 
 HIT_K = 10
 FLOOR = "log-mel statistics"
@@ -181,8 +181,8 @@ def score(song_vectors, labelled, seed=0):
 # --- Features: export embeddings and the mel-statistics floor. -----------------------------------------
 
 def export_vectors(encoder, paths):
-  """(songs, D): each song's mean patch embedding (tfcmir.embed.embed_files)."""
-  rows, per_patch, skipped = embed.embed_files(paths, encoder, progress=False)
+  """(songs, D): each song's mean patch embedding (tfcmir.inference.embed_files)."""
+  rows, per_patch, skipped = inference.embed_files(paths, encoder, progress=False)
   if skipped:
     path, reason = skipped[0]
     raise InputError(f"{path}: {reason} ({len(skipped)} unreadable files in all)")
@@ -196,7 +196,7 @@ def mel_vectors(paths, frontend):
   vectors = []
   for path in paths:
     try:
-      patches, _, _ = embed.file_patches(path, **frontend)
+      patches, _, _ = inference.file_patches(path, **frontend)
     except audio.AudioError as err:
       raise InputError(str(err)) from err
     vectors.append(mel_statistics(patches.reshape(-1, patches.shape[-1])))
@@ -204,7 +204,7 @@ def mel_vectors(paths, frontend):
 
 
 def evaluate_catalogue(encoders, audio_dir, metadata_csv, playlists, out_dir, seed=0):
-  """Scores every encoder ({row label: embed.Encoder}) and the floor; writes the report.
+  """Scores every encoder ({row label: inference.Encoder}) and the floor; writes the report.
 
   Without encoders only the floor is scored, with the front end's default level. Returns the
   Markdown table.
