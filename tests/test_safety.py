@@ -272,12 +272,12 @@ def test_a_foreign_file_in_every_output_folder_survives(small_demo, small_prepar
   export.export(run, out, overwrite=True, essentia=False)
   inference.Encoder(out)  # the swapped-in export verifies
 
-  embeddings = str(tmp_path / "embeddings")
-  planted.append(plant(embeddings))
+  embed_dir = str(tmp_path / "embeddings")
+  planted.append(plant(embed_dir))
   files = [os.path.join(REAL_AUDIO, n) for n in REAL_FILES[:2]]
   for per_patch in (True, False):
     rows, per, _ = inference.embed_files(files, inference.Encoder(checked_export), progress=False)
-    embeddings.write_outputs(embeddings, rows, per, per_patch_out=per_patch)
+    embeddings.write_outputs(embed_dir, rows, per, per_patch_out=per_patch)
 
   reports = str(tmp_path / "eval")
   planted.append(plant(reports))

@@ -76,9 +76,10 @@ def main(argv):
   steps.end()
 
   steps.start(f"prepare the demo Melon corpus -> {FLAGS.tfrecord_dir}")
-  source = {"name": "melon", "melon_dir": os.path.join(out, "melon")}  # this job's data, whatever the flags
-  prepared = prepare_cli.run(FLAGS.tfrecord_dir, source, prepare_cli.config_from_flags(), FLAGS.workers,
-                             FLAGS.overwrite, FLAGS.strict, tfcmir_flags.resolved(), mel_level=FLAGS.mel_level)
+  source = {"name": "melon", "melon_dir": os.path.join(out, "melon")}  # this job's data, whatever flags say
+  prepared = prepare_cli.run(FLAGS.tfrecord_dir, source, prepare_cli.config_from_flags(),
+                             FLAGS.workers, FLAGS.overwrite, FLAGS.strict, tfcmir_flags.resolved(),
+                             mel_level=FLAGS.mel_level)
   print(prepare_cli.summary(FLAGS.tfrecord_dir, prepared), flush=True)
   steps.end()
 

@@ -1,4 +1,4 @@
-"""`python -m tfcmir.embed --embed_model=exports/NAME --out=DIR AUDIO [AUDIO ...]`: audio files -> embeddings.
+"""`python -m tfcmir.embed --embed_model=exports/NAME --out=DIR AUDIO [AUDIO ...]`: audio -> embeddings.
 
 AUDIO are files or folders (searched recursively for wav, flac, ogg, mp3). Every file goes through the
 export as tfcmir/inference.py says (decode, 16 kHz mono, the model's mel, 256-frame patches, the level

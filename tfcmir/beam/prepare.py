@@ -11,7 +11,7 @@ their files; steps.prepare then hands the songs to `BeamShardWriter`, which runs
       -> problems (bad or short mels), combined                       -> problems.json
 
 and returns the shard records steps.prepare needs for the same manifest.json as a local run, so
-tfcmir.train.pipeline and tfcmir.train read Beam output unchanged. Record order within and across shards
+tfcmir.train reads Beam output unchanged. Record order within and across shards
 is the runner's; the records are the local writer's, byte for byte.
 
 Every worker must be able to open the mel or audio files and the output folder by the same paths as

@@ -85,7 +85,7 @@ def _load_json(path):
 
 
 def demo_structure(demo_dir, shuffle_labels=False, seed=0):
-  """Runs every probe on a demo dataset written by tfcmir.data.generator; returns {probe: (score, chance)}.
+  """Runs every probe on a demo dataset (tfcmir.data.generator); returns {probe: (score, chance)}.
 
   genre:     main genre from mel statistics, Melon songs, 80/20 split (accuracy)
   gtzan:     the same classifier trained on Melon, tested on the demo GTZAN test split (transfer)

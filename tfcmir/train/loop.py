@@ -43,13 +43,21 @@ _SCRATCH = re.compile(r"^\.(worker|chief|ps|evaluator)-\d+$")
 
 @dataclasses.dataclass
 class Data:
-  """A prepared folder as training sees it: read once, passed down."""
+  """A prepared folder as training sees it: its manifest and genre table, read once and passed down."""
   tfrecord_dir: str
   manifest: dict
-  with_cf: bool  # the mode trains on songs with a CF vector only
+  genre_table: object  # float32 (genres + 1, dim)
 
-  def size(self, split):
-    return shards.split_size(self.manifest, split, self.with_cf)
+  @classmethod
+  def read(cls, tfrecord_dir):
+    return cls(tfrecord_dir, shards.read_manifest(tfrecord_dir), shards.genre_table(tfrecord_dir)[1])
+
+  @property
+  def cf_dim(self):
+    return self.manifest["schema"]["cf_dim"]
+
+  def size(self, split, with_cf):
+    return shards.split_size(self.manifest, split, with_cf)
 
 
 def _corrupt_shard(tfrecord_dir, err):
@@ -79,7 +87,8 @@ def open_run(model_dir, config, overwrite):
   safeio.write_json(path, dict(config, written_by=safeio.WRITTEN_BY))
 
 
-def make_datasets(strategy, data, batch_size, seed, shuffle_buffer, verify_shards, steps_per_epoch=0):
+def make_datasets(strategy, data, with_cf, batch_size, seed, shuffle_buffer, verify_shards,
+                  steps_per_epoch=0):
   """(train dataset, steps per epoch, val dataset or None, val steps), distributed by `strategy`.
 
   Training repeats with a fixed number of steps per epoch: the progress bar knows its length, and the
@@ -89,10 +98,10 @@ def make_datasets(strategy, data, batch_size, seed, shuffle_buffer, verify_shard
   replicas = strategy.num_replicas_in_sync
   if batch_size % replicas:
     raise InputError(f"--batch_size={batch_size} must be a multiple of the {replicas} replicas")
-  n_train, n_val = data.size("train"), data.size("val")
+  n_train, n_val = data.size("train", with_cf), data.size("val", with_cf)
   if n_train < batch_size:
     raise InputError(f"{data.tfrecord_dir}: {n_train} training songs, fewer than one batch of {batch_size}")
-  common = {"only_with_cf": data.with_cf, "verify": verify_shards, "manifest": data.manifest}
+  common = {"only_with_cf": with_cf, "verify": verify_shards, "manifest": data.manifest}
   train_ds = strategy.distribute_datasets_from_function(
       lambda context: pipeline.dataset(
           data.tfrecord_dir, "train", context.get_per_replica_batch_size(batch_size), training=True,
@@ -111,9 +120,8 @@ def make_datasets(strategy, data, batch_size, seed, shuffle_buffer, verify_shard
 
 def build(strategy, data, model_config, learning_rate, weight_decay, weight_decay_form, jit_compile):
   """(model, its checkpoint): built on a real batch and compiled, under `strategy`."""
-  _, table = shards.genre_table(data.tfrecord_dir)
   with strategy.scope():
-    model = contrastive.build_model(model_config, table)
+    model = contrastive.build_model(model_config, data.genre_table)
     try:
       model.build_from_batch(next(iter(pipeline.dataset(data.tfrecord_dir, "train", 2, training=False,
                                                         verify="none", manifest=data.manifest))))
@@ -163,29 +171,35 @@ def fit(model, datasets, epochs, initial_epoch, callbacks, cluster, data, manage
   except cluster_lib.LOST_PEER as err:
     if not cluster.multi_worker:
       raise
-    raise InputError(
-        f"{cluster.task_type} {cluster.task_id}: lost contact with another worker of the "
-        f"{cluster.tasks}-task cluster ({cluster_lib.peer_error(err)}). Training stopped; "
-        f"start every worker again with the same command to resume from the latest checkpoint in "
-        f"{os.path.join(model_dir, 'checkpoints')}") from err
+    raise _lost_peer(cluster, err, model_dir) from err
+
+
+def _lost_peer(cluster, err, model_dir):
+  """A collective that failed because a peer died -> one InputError naming what to do."""
+  return InputError(
+      f"{cluster.task_type} {cluster.task_id}: lost contact with another worker of the "
+      f"{cluster.tasks}-task cluster ({cluster_lib.peer_error(err)}). Training stopped; "
+      f"start every worker again with the same command to resume from the latest checkpoint in "
+      f"{os.path.join(model_dir, 'checkpoints')}")
 
 
 def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_rate, weight_decay,
           seed=0, steps_per_epoch=0, early_stopping=0, checkpoint_steps=0, keep_checkpoints=3,
           shuffle_buffer=2048, jit_compile=False, mixed_precision=False, overwrite=False,
           flags_used=None, verbose="auto", worker_timeout_s=0, verify_shards="size",
-          weight_decay_form="l2"):
+          weight_decay_form="l2", data=None):
   """Trains; returns a summary dict.
 
   Under a multi-worker TF_CONFIG every worker runs this with the same arguments; `batch_size` is the
-  global batch, split over all replicas of all workers.
+  global batch, split over all replicas of all workers. `data`: the folder's Data, if already read.
   """
   started = time.time()
-  manifest = shards.read_manifest(tfrecord_dir)
-  if model_config["cf_dim"] != manifest["schema"]["cf_dim"]:
-    raise InputError(f"{tfrecord_dir}: shards hold CF vectors of {manifest['schema']['cf_dim']} "
+  data = data or Data.read(tfrecord_dir)
+  manifest = data.manifest
+  if model_config["cf_dim"] != data.cf_dim:
+    raise InputError(f"{tfrecord_dir}: shards hold CF vectors of {data.cf_dim} "
                      f"dimensions, the model expects {model_config['cf_dim']} (--cf_dim)")
-  data = Data(tfrecord_dir, manifest, contrastive.mode_inputs(model_config["mode"])["cf"])
+  with_cf = contrastive.mode_inputs(model_config["mode"])["cf"]
   cluster = cluster_lib.Cluster()
   if cluster.is_chief:
     # Before the strategy: its constructor waits for every worker, so no worker reads the checkpoints
@@ -199,10 +213,15 @@ def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_ra
   strategy = cluster_lib.make_strategy(cluster, worker_timeout_s)
   write_dir = cluster.write_dir(model_dir)
   os.makedirs(write_dir, exist_ok=True)
-  datasets = make_datasets(strategy, data, batch_size, seed, shuffle_buffer, verify_shards,
+  datasets = make_datasets(strategy, data, with_cf, batch_size, seed, shuffle_buffer, verify_shards,
                            steps_per_epoch)
-  model, checkpoint = build(strategy, data, model_config, learning_rate, weight_decay,
-                            weight_decay_form, jit_compile)
+  try:  # building runs collectives too (variables are broadcast from the chief)
+    model, checkpoint = build(strategy, data, model_config, learning_rate, weight_decay,
+                              weight_decay_form, jit_compile)
+  except cluster_lib.LOST_PEER as err:
+    if not cluster.multi_worker:
+      raise
+    raise _lost_peer(cluster, err, model_dir) from err
   # Every worker saves (a save may read variables collectively), each into its own folder; all of them
   # resume from the chief's latest checkpoint (the run's folder must be shared storage).
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"),
@@ -232,15 +251,15 @@ def train(tfrecord_dir, model_dir, model_config, epochs, batch_size, learning_ra
           "model": model}
 
 
-def genre_probe(model, config, tfrecord_dir, model_dir, seed=0):
+def genre_probe(model, config, tfrecord_dir, model_dir, seed=0, manifest=None):
   """The held-out genre probe on the best weights (those export ships), or {'skipped': reason}."""
-  manifest = shards.read_manifest(tfrecord_dir)
+  manifest = manifest or shards.read_manifest(tfrecord_dir)
   if not manifest["counts"]["songs"].get("test"):
     return {"skipped": "the test split is empty"}
   best = os.path.join(model_dir, "best.weights.h5")
   if os.path.exists(best):
     model.load_weights(best)
-  return probe.held_out_genre_probe(model, config, tfrecord_dir, seed=seed)
+  return probe.held_out_genre_probe(model, config, tfrecord_dir, seed=seed, manifest=manifest)
 
 
 def run(tfrecord_dir, model_dir, mode, model_settings, settings):
@@ -249,13 +268,13 @@ def run(tfrecord_dir, model_dir, mode, model_settings, settings):
   `model_settings`: contrastive.model_config's keyword arguments (channels, kernel_size, ...).
   `settings`: train()'s keyword arguments from `epochs` on.
   """
-  manifest = shards.read_manifest(tfrecord_dir)
-  codes, table = shards.genre_table(tfrecord_dir)
-  config = contrastive.model_config(mode, table.shape, manifest["schema"]["cf_dim"], **model_settings)
-  summary = train(tfrecord_dir, model_dir, config, **settings)
+  data = Data.read(tfrecord_dir)
+  config = contrastive.model_config(mode, data.genre_table.shape, data.cf_dim, **model_settings)
+  summary = train(tfrecord_dir, model_dir, config, **settings, data=data)
   if not summary["chief"]:
     return summary, None  # the chief reports for the cluster
-  return summary, genre_probe(summary["model"], config, tfrecord_dir, model_dir, settings.get("seed", 0))
+  return summary, genre_probe(summary["model"], config, tfrecord_dir, model_dir,
+                              settings.get("seed", 0), data.manifest)
 
 
 def format_summary(summary, result=None):

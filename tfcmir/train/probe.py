@@ -18,10 +18,10 @@ from tfcmir.model import contrastive
 from tfcmir.train import pipeline
 
 
-def embed_split(audio_encoder, tfrecord_dir, split="test", batch_size=64):
+def embed_split(audio_encoder, tfrecord_dir, split="test", batch_size=64, manifest=None):
   """(pre-head embeddings (songs, d), first genre id of each song (songs,))."""
   embeddings, labels = [], []
-  for batch in pipeline.dataset(tfrecord_dir, split, batch_size, training=False):
+  for batch in pipeline.dataset(tfrecord_dir, split, batch_size, training=False, manifest=manifest):
     pre_head, _ = audio_encoder(batch["mel"], training=False, return_pre_head=True)
     embeddings.append(np.asarray(pre_head))
     labels.append(batch["genres"].numpy()[:, 0])  # main genres come first
@@ -53,15 +53,15 @@ def probe_problem(y):
   return None
 
 
-def held_out_genre_probe(model, config, tfrecord_dir, split="test", seed=0):
+def held_out_genre_probe(model, config, tfrecord_dir, split="test", seed=0, manifest=None):
   """{'trained', 'untrained', 'chance'} genre accuracies on `split` (songs unseen in training), or
   {'skipped': reason} when the split is too small for the probe."""
-  x, y = embed_split(model.audio_encoder, tfrecord_dir, split)
+  x, y = embed_split(model.audio_encoder, tfrecord_dir, split, manifest=manifest)
   problem = probe_problem(y)
   if problem:
     return {"skipped": f"{split} split: {problem}", "songs": int(len(y))}
   untrained = contrastive.build_model(config)
-  x0, _ = embed_split(untrained.audio_encoder, tfrecord_dir, split)
+  x0, _ = embed_split(untrained.audio_encoder, tfrecord_dir, split, manifest=manifest)
   _, counts = np.unique(y, return_counts=True)
   return {"trained": genre_accuracy(x, y, seed), "untrained": genre_accuracy(x0, y, seed),
           "chance": float(counts.max() / counts.sum()), "songs": int(len(y))}
