@@ -28,7 +28,7 @@ import urllib.request
 import numpy as np
 from absl import logging
 
-from tfcmir import inference, safeio
+from tfcmir import audio, inference, safeio
 from tfcmir.data.catalogue import read_m3u
 from tfcmir.errors import InputError
 from tfcmir.evaluate import continuation as continuation_lib
@@ -40,8 +40,18 @@ WORD_SEPARATOR = "|"
 
 
 def projection_encoder(export_dir, artifact="saved_model", strict=False):
-  """The export's encoder of mel patches into the projection (contrastive) space."""
-  return inference.Encoder(export_dir, artifact, strict=strict, output="projection")
+  """The export's encoder of mel patches into the projection (contrastive) space.
+
+  The SavedModel, the float TFLite and the ONNX mel models all have a `projection` output; a model
+  without one (a hand-made or older file) is named here, before any file is embedded.
+  """
+  encoder = inference.Encoder(export_dir, artifact, strict=strict, output="projection")
+  try:
+    encoder(np.zeros((1, audio.PATCH_FRAMES, audio.NUM_BANDS), np.float32))
+  except (KeyError, ValueError) as err:
+    raise InputError(f"{export_dir}: its {artifact} model has no `projection` output ({err}); "
+                     "search with --artifact=saved_model") from err
+  return encoder
 
 
 def embed(paths, encoder, progress=True):

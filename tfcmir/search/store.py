@@ -86,12 +86,26 @@ class SearchIndex:
     """The row of an indexed file (any spelling of its path), or None."""
     return self._rows.get(path_key(path))
 
-  def search(self, queries, k, exclude=()):
+  def search(self, queries, k, exclude=(), threads=None):
     """(q, D) unit queries -> (q, k) rows and cosines, nearest first, rows in `exclude` left out
-    (-1 and -inf pad when fewer tracks remain)."""
+    (-1 and -inf pad when fewer tracks remain).
+
+    `threads`: faiss's OpenMP threads; default, one for a single query (one core scans 1M tracks in
+    ~40 ms; on cores other processes keep busy, two threads waiting on each other took 5x as long:
+    benchmarks/search.py), faiss's own count for a batch.
+    """
     exclude = set(int(r) for r in exclude)
     wanted = min(k + len(exclude), len(self.tracks))
-    scores, rows = self._faiss.search(np.ascontiguousarray(queries, np.float32), wanted)
+    queries = np.ascontiguousarray(queries, np.float32)
+    if threads is None and len(queries) > 1:
+      scores, rows = self._faiss.search(queries, wanted)
+    else:
+      before = faiss.omp_get_max_threads()
+      faiss.omp_set_num_threads(threads or 1)
+      try:
+        scores, rows = self._faiss.search(queries, wanted)
+      finally:
+        faiss.omp_set_num_threads(before)
     out_rows = np.full((len(rows), k), -1, np.int64)
     out_scores = np.full((len(rows), k), -np.inf, np.float32)
     for q in range(len(rows)):
