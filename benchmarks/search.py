@@ -18,6 +18,9 @@ latency in ms and recall@k. Target (issue 19): a query at 1M tracks under 50 ms 
 """
 
 import argparse
+import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -89,6 +92,7 @@ def main():
   started = time.perf_counter()
   index = store.SearchIndex({}, [{"path": str(i)} for i in range(args.tracks)], vectors)
   own_build = f"{time.perf_counter() - started:.1f}"
+  print(disk_line(index))
   nlist = int(4 * np.sqrt(args.tracks))
   started = time.perf_counter()
   quantizer = faiss.IndexFlatIP(args.dim)
@@ -123,6 +127,29 @@ def main():
       [(name, threads, build, f"{np.median(t):.2f}", f"{np.percentile(t, 95):.2f}", f"{r:.3f}",
         "yes" if np.median(t) < TARGET_MS else "no") for name, threads, build, t, r in rows]))
   print(f"peak memory {common.peak_rss_gb():.2f} GB")
+
+
+def disk_line(index):
+  """Writes `index` as `search index` does (tfcmir/search/store.py) and times store.read: what a
+  command pays before its first query (an API user pays it once)."""
+  folder = tempfile.mkdtemp(prefix="tfcmir-bench-search-")
+  try:
+    index.tracks = [{"path": f"/music/artist {i // 10}/track {i}.mp3", "size": 4_000_000 + i,
+                     "mtime_ns": 1_700_000_000_000_000_000 + i, "patches": 50, "padded": False}
+                    for i in range(len(index.tracks))]
+    started = time.perf_counter()
+    store.write(os.path.join(folder, "index"), index)
+    written = time.perf_counter() - started
+    size = sum(os.path.getsize(os.path.join(folder, "index", f)) for f in os.listdir(
+        os.path.join(folder, "index")))
+    started = time.perf_counter()
+    loaded = store.read(os.path.join(folder, "index"))
+    loaded.row_of("/music/artist 0/track 1.mp3")  # the path table is built on first use
+    read = time.perf_counter() - started
+  finally:
+    shutil.rmtree(folder, ignore_errors=True)
+  return (f"index on disk: {size / 2**20:.0f} MiB, written in {written:.1f} s; store.read and "
+          f"the first path look-up {read:.1f} s")
 
 
 def _fresh_queries(args):

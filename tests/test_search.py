@@ -188,16 +188,25 @@ def test_cli_writes_csv(indexed, music, monkeypatch, capsys):
     _cli(monkeypatch, "simliar", f"--index={indexed}", music[0])
 
 
-def test_command_writes_a_readable_m3u(indexed, music, tmp_path):
+def test_cli_writes_a_readable_m3u(indexed, music, tmp_path, monkeypatch, capsys):
   playlist = tmp_path / "seeds.m3u8"
   playlist.write_text(f"{music[0]}\n")
   m3u = str(tmp_path / "next.m3u8")
-  result = run_module("tfcmir.search", "continue", f"--index={indexed}", "--k=3", f"--m3u={m3u}",
-                      str(playlist), timeout=120)
-  assert result.returncode == 0, result.stderr[-2000:]
+  _cli(monkeypatch, "continue", f"--index={indexed}", "--k=3", f"--m3u={m3u}", str(playlist))
+  assert capsys.readouterr().out == f"{m3u}: 3 tracks\n"
   listed = [text for _, text in read_m3u(m3u)]
   assert len(listed) == 3 and all(os.path.isfile(p) for p in listed) and music[0] not in listed
   assert open(m3u, encoding="utf-8").readline() == "#EXTM3U\n"
+
+
+@pytest.mark.slow
+def test_the_command_answers_and_errors_in_one_line(indexed, music):
+  result = run_module("tfcmir.search", "similar", f"--index={indexed}", "--k=2", music[0], timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.splitlines()[0] == "rank,path,score" and len(result.stdout.splitlines()) == 3
+  result = run_module("tfcmir.search", "genre", f"--index={indexed}", "rokc", timeout=120)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "unknown genre 'rokc'" in result.stderr
 
 
 def test_search_table_has_genre_rows_and_a_similar_only_baseline(exports, tmp_path):

@@ -21,12 +21,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import unicodedata
 
 import faiss
 import numpy as np
 
 from tfcmir import inference, safeio
-from tfcmir.data.catalogue import path_key
 from tfcmir.errors import InputError
 
 MANIFEST = "search_index.json"
@@ -70,21 +70,36 @@ def track_vector(patch_projections):
   return unit(unit(patch_projections).mean(0, keepdims=True))[0]
 
 
+def _spelling(path):
+  # The paths are stored absolute; only NFC and case (where the OS ignores it) vary. No realpath
+  # here: one system call per track made loading a 1M-track index take 30 s.
+  return unicodedata.normalize("NFC", os.path.normcase(os.path.abspath(path)))
+
+
 @dataclasses.dataclass
 class SearchIndex:
-  """An index in memory: the export it was made with, the tracks, their unit vectors (n, D)."""
+  """An index in memory: the export it was made with, the tracks, their unit vectors (n, D).
+
+  `flat`: the faiss IndexFlatIP holding `vectors` (store.read passes the one it loaded, `vectors`
+  then being a view of its rows); made from `vectors` when None.
+  """
   export: dict
   tracks: list
   vectors: np.ndarray
+  flat: object = None
 
   def __post_init__(self):
-    self._rows = {path_key(t["path"]): i for i, t in enumerate(self.tracks)}
-    self._faiss = faiss.IndexFlatIP(self.vectors.shape[1])
-    self._faiss.add(np.ascontiguousarray(self.vectors, np.float32))
+    if self.flat is None:
+      self.flat = faiss.IndexFlatIP(self.vectors.shape[1])
+      self.flat.add(np.ascontiguousarray(self.vectors, np.float32))
+    self._rows = None
 
   def row_of(self, path):
-    """The row of an indexed file (any spelling of its path), or None."""
-    return self._rows.get(path_key(path))
+    """The row of an indexed file, or None; a path through a symbolic link finds its target."""
+    if self._rows is None:
+      self._rows = {_spelling(t["path"]): i for i, t in enumerate(self.tracks)}
+    row = self._rows.get(_spelling(path))
+    return row if row is not None else self._rows.get(_spelling(os.path.realpath(path)))
 
   def search(self, queries, k, exclude=(), threads=None):
     """(q, D) unit queries -> (q, k) rows and cosines, nearest first, rows in `exclude` left out
@@ -98,12 +113,12 @@ class SearchIndex:
     wanted = min(k + len(exclude), len(self.tracks))
     queries = np.ascontiguousarray(queries, np.float32)
     if threads is None and len(queries) > 1:
-      scores, rows = self._faiss.search(queries, wanted)
+      scores, rows = self.flat.search(queries, wanted)
     else:
       before = faiss.omp_get_max_threads()
       faiss.omp_set_num_threads(threads or 1)
       try:
-        scores, rows = self._faiss.search(queries, wanted)
+        scores, rows = self.flat.search(queries, wanted)
       finally:
         faiss.omp_set_num_threads(before)
     out_rows = np.full((len(rows), k), -1, np.int64)
@@ -123,15 +138,15 @@ def read(folder):
                      "`python -m tfcmir.search index --embed_model=EXPORT --index=DIR AUDIO...`")
   try:
     meta = safeio.read_json(path)
-    index = faiss.deserialize_index(np.fromfile(os.path.join(folder, FAISS_FILE), np.uint8))
-    vectors = index.reconstruct_n(0, index.ntotal)
+    flat = faiss.deserialize_index(np.fromfile(os.path.join(folder, FAISS_FILE), np.uint8))
+    vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
     tracks, export = meta["tracks"], meta["export"]
   except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
     raise InputError(f"{folder}: damaged search index ({err}); build it again") from err
   if meta.get("format_version") != FORMAT_VERSION or len(tracks) != len(vectors):
     raise InputError(f"{folder}: damaged search index (format {meta.get('format_version')}, "
                      f"{len(tracks)} tracks for {len(vectors)} vectors); build it again")
-  return SearchIndex(export, tracks, vectors)
+  return SearchIndex(export, tracks, vectors, flat)
 
 
 def write(folder, index):
@@ -139,9 +154,7 @@ def write(folder, index):
   safeio.check_ours(folder, (MANIFEST,), "search index (--index)")
   partial = safeio.partial_folder(folder)
   try:
-    flat = faiss.IndexFlatIP(index.vectors.shape[1])
-    flat.add(np.ascontiguousarray(index.vectors, np.float32))
-    safeio.write_bytes(os.path.join(partial, FAISS_FILE), faiss.serialize_index(flat).tobytes())
+    safeio.write_bytes(os.path.join(partial, FAISS_FILE), faiss.serialize_index(index.flat).tobytes())
     safeio.write_json(os.path.join(partial, MANIFEST),
                       {"written_by": safeio.WRITTEN_BY, "format_version": FORMAT_VERSION,
                        "export": index.export, "tracks": index.tracks}, ensure_ascii=False)
