@@ -92,6 +92,7 @@ def test_similar_ranks_by_cosine_without_the_query(indexed, music, tmp_path):
   expected = found.vectors @ found.vectors[found.row_of(music[2])]
   assert hits[0].score == pytest.approx(np.sort(np.delete(expected, found.row_of(music[2])))[-1], abs=1e-5)
   assert len(search.similar(indexed, music[0], k=10)) == 4  # every other track, no more
+  assert search.similar(found, music[2], k=3) == hits  # an index read once (notebooks)
   # A file outside the index is embedded on the fly; nothing is excluded.
   outside = _tone(str(tmp_path / "outside.wav"), 300)
   assert len(search.similar(indexed, outside, k=10)) == 5

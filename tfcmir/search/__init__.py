@@ -8,6 +8,7 @@ A contrastive export puts audio and genres in one space (the `projection` of ser
     search.similar("music.index", "music/rock/song.mp3", k=10)          # [Hit(rank, path, score)]
     search.genre("music.index", "rock|indie rock", k=10)                 # codes, or names via `names`
     search.continue_playlist("music.index", "road trip.m3u", k=10)       # `continue` is Python's word
+    music = search.store.read("music.index")  # a large index read once: pass it instead of the folder
     search.write_m3u("next.m3u8", hits)
 
 Every file goes through tfcmir.inference (the export's checksums, its level convention, the level
@@ -120,6 +121,14 @@ def index(export_dir, audio, index_dir, artifact="saved_model", strict=False, pr
   return summary
 
 
+def _open(index_dir):
+  """(SearchIndex, its folder) from a folder, or from an index already read (store.read): a notebook
+  reads a large index once."""
+  if isinstance(index_dir, store.SearchIndex):
+    return index_dir, index_dir.folder
+  return store.read(index_dir), index_dir
+
+
 def _checked_export(index_dir, found, export_dir=None):
   """The export an index was made with, or `export_dir` once it is checked to be the same one."""
   export_dir = export_dir or found.export["path"]
@@ -141,7 +150,7 @@ def _hits(found, rows, scores):
 
 def similar(index_dir, query, k=10, export_dir=None, strict=False):
   """The k indexed tracks nearest `query` (an indexed path, or any audio file), the query excluded."""
-  found = store.read(index_dir)
+  found, index_dir = _open(index_dir)
   if export_dir:  # named, it must be the index's own, even where the query needs no embedding
     _checked_export(index_dir, found, export_dir)
   row = found.row_of(query)
@@ -253,7 +262,7 @@ def genre(index_dir, words, k=10, export_dir=None, names=None):
   `names`: {code: name} or a JSON file of it (Melon's genre_gn_all.json); without it, words match the
   export's genre codes only (a catalogue's codes are its genre words in lower case).
   """
-  found = store.read(index_dir)
+  found, index_dir = _open(index_dir)
   vector = GenreTower(_checked_export(index_dir, found, export_dir), names).query(words)
   rows, scores = found.search(vector[None], k)
   return _hits(found, rows[0], scores[0])
@@ -277,7 +286,7 @@ def continue_playlist(index_dir, playlist, k=10, export_dir=None, strict=False):
   not indexed are embedded on the fly (unreadable ones are skipped with a warning). Ties go to the
   smaller summed rank (tfcmir.evaluate.continuation.continuation).
   """
-  found = store.read(index_dir)
+  found, index_dir = _open(index_dir)
   seeds = playlist_paths(playlist) if isinstance(playlist, str) else list(playlist)
   if not seeds:
     raise InputError(f"{playlist}: no songs in the playlist")

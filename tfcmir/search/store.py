@@ -87,6 +87,7 @@ class SearchIndex:
   tracks: list
   vectors: np.ndarray
   flat: object = None
+  folder: str = None  # where it was read from, for messages
 
   def __post_init__(self):
     if self.flat is None:
@@ -146,7 +147,7 @@ def read(folder):
   if meta.get("format_version") != FORMAT_VERSION or len(tracks) != len(vectors):
     raise InputError(f"{folder}: damaged search index (format {meta.get('format_version')}, "
                      f"{len(tracks)} tracks for {len(vectors)} vectors); build it again")
-  return SearchIndex(export, tracks, vectors, flat)
+  return SearchIndex(export, tracks, vectors, flat, folder)
 
 
 def write(folder, index):
