@@ -87,7 +87,7 @@ def search_table(exports, gtzan_dir, genre_names=None, k=10, artifact="saved_mod
   for export_dir, r in results.items():
     name = os.path.basename(os.path.normpath(export_dir))
     if not r["shared_space"]:
-      cells = ["no shared space"] * len(genres) + ["similar only", ""]
+      cells = ["-"] * len(genres) + ["no shared space: similar only", ""]
     else:
       values = [r["genres"][g] for g in genres]
       numbers = [(v, r["chance"][g]) for v, g in zip(values, genres) if not isinstance(v, str)]
