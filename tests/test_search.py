@@ -127,6 +127,16 @@ def test_an_index_from_another_export_is_refused(exports, music, indexed):
     search.similar(os.path.dirname(indexed), music[0])
 
 
+def test_a_damaged_index_is_named(indexed, music, tmp_path):
+  import shutil
+  copy = str(tmp_path / "copy.index")
+  shutil.copytree(indexed, copy)
+  with open(os.path.join(copy, store.FAISS_FILE), "r+b") as f:
+    f.truncate(100)
+  with pytest.raises(InputError, match=f"^{copy}: damaged search index"):
+    search.similar(copy, music[0])
+
+
 def test_genre_words_match_codes_and_names(indexed, exports, tmp_path):
   names = str(tmp_path / "genre_gn_all.json")
   safeio.write_json(names, NAMES)

@@ -3,7 +3,7 @@
     DIR/search_index.json   {"written_by": "tfcmir", "format_version": 1,
                              "export": {path, name, mode, artifact, fingerprint, projection_dim},
                              "tracks": [{path, size, mtime_ns, patches, padded}, ...]}
-    DIR/tracks.faiss        a faiss IndexFlatIP (faiss.serialize_index) of the tracks' unit-length
+    DIR/tracks.faiss        a faiss IndexFlatIP (faiss.write_index) of the tracks' unit-length
                             projections, row i = tracks[i]
 
 A track's vector is the mean of its patches' unit-length projections (the contrastive space, where
@@ -139,7 +139,7 @@ def read(folder):
                      "`python -m tfcmir.search index --embed_model=EXPORT --index=DIR AUDIO...`")
   try:
     meta = safeio.read_json(path)
-    flat = faiss.deserialize_index(np.fromfile(os.path.join(folder, FAISS_FILE), np.uint8))
+    flat = faiss.read_index(os.path.join(folder, FAISS_FILE))  # 0.7 s at 1M x 128; 8 s by bytes
     vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
     tracks, export = meta["tracks"], meta["export"]
   except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
@@ -155,10 +155,12 @@ def write(folder, index):
   safeio.check_ours(folder, (MANIFEST,), "search index (--index)")
   partial = safeio.partial_folder(folder)
   try:
-    safeio.write_bytes(os.path.join(partial, FAISS_FILE), faiss.serialize_index(index.flat).tobytes())
-    safeio.write_json(os.path.join(partial, MANIFEST),
+    with safeio.atomic_path(os.path.join(partial, FAISS_FILE)) as temporary:
+      faiss.write_index(index.flat, temporary)
+    safeio.write_json(os.path.join(partial, MANIFEST),  # one line: 1M tracks are 125 MB of JSON
                       {"written_by": safeio.WRITTEN_BY, "format_version": FORMAT_VERSION,
-                       "export": index.export, "tracks": index.tracks}, ensure_ascii=False)
+                       "export": index.export, "tracks": index.tracks}, indent=None,
+                      ensure_ascii=False)
     safeio.replace_folder(partial, folder, {MANIFEST, FAISS_FILE})
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)
