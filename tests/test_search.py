@@ -125,6 +125,8 @@ def test_an_index_from_another_export_is_refused(exports, music, indexed):
     search.similar(indexed, music[0], export_dir=exports[1])
   with pytest.raises(InputError, match="not a search index"):
     search.similar(os.path.dirname(indexed), music[0])
+  with pytest.raises(InputError, match="holds files tfcmir did not write"):
+    search.index(exports[0], music[:1], os.path.dirname(music[0]), progress=False)
 
 
 def test_a_damaged_index_is_named(indexed, music, tmp_path):

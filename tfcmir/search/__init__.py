@@ -79,6 +79,7 @@ def index(export_dir, audio, index_dir, artifact="saved_model", strict=False, pr
   paths = inference.find_audio(audio)
   if not paths:
     raise InputError("no audio files given (pass files or folders)")
+  safeio.check_ours(index_dir, (store.MANIFEST,), "search index (--index)")  # before any embedding
   manifest = inference.read_export_manifest(export_dir)
   identity = store.export_identity(export_dir, manifest, artifact)
   old = store.read(index_dir) if os.path.isfile(os.path.join(index_dir, store.MANIFEST)) else None
