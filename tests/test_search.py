@@ -1,6 +1,5 @@
 """Search: index, similar, genre, continue on tiny untrained exports and generated tones."""
 
-import json
 import os
 
 import numpy as np
@@ -219,7 +218,8 @@ def test_the_command_answers_and_errors_in_one_line(indexed, music):
   assert result.stdout.splitlines()[0] == "rank,path,score" and len(result.stdout.splitlines()) == 3
   result = run_module("tfcmir.search", "genre", f"--index={indexed}", "rokc", timeout=120)
   assert result.returncode == 1 and "Traceback" not in result.stderr
-  assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "unknown genre 'rokc'" in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "unknown genre 'rokc'" in last
 
 
 def test_search_table_has_genre_rows_and_a_similar_only_baseline(exports, tmp_path):
@@ -230,8 +230,8 @@ def test_search_table_has_genre_rows_and_a_similar_only_baseline(exports, tmp_pa
     for i in range(3):
       _tone(str(gtzan / genre / f"{genre}.0000{i}.wav"), 100 * (g + 1) * (i + 2), seconds=4.2)
       lines.append(f"{genre}/{genre}.0000{i}.wav")
-  for name in ("train", "valid", "test"):
-    (gtzan / f"{name}_filtered.txt").write_text("\n".join(lines[{"train": 0, "valid": 1, "test": 2}[name]::3]))
+  for start, name in enumerate(("train", "valid", "test")):
+    (gtzan / f"{name}_filtered.txt").write_text("\n".join(lines[start::3]))
   table = evaluation.search_table(exports, str(gtzan), NAMES, k=2)
   rows = [line for line in table.splitlines() if line.startswith("| ")]
   assert rows[0].startswith("| export | blues | classical | metal | rock |")
