@@ -18,7 +18,7 @@ INSTALL_REQUIRES = [
     "soundfile==0.14.0",
     "soxr>=1.1,<1.2",
     "tqdm>=4.66",
-    "faiss-cpu==1.15.1",  # the continuation's exact and IVF cosine search (tfcmir/evaluate/continuation.py)
+    "faiss-cpu==1.15.1",  # cosine search: the continuation (tfcmir/evaluate/continuation.py), tfcmir.search
     "matplotlib>=3.9,<4",  # evaluation plots (confusion matrix, embedding map)
 ]
 

@@ -170,6 +170,14 @@ flags.DEFINE_enum("beam_output", "tfrecord", ["tfrecord", "parquet"],
 flags.DEFINE_integer("beam_shards", 0, "Embed with --runner: output shards (0: the runner decides).",
                      lower_bound=0)
 
+# --- Search (python -m tfcmir.search index|similar|genre|continue; tfcmir/search/). -------------------
+# Also --embed_model (index: the export to embed with), --artifact, --strict.
+flags.DEFINE_string("index", None, "Search: the search index folder (written by `search index`).")
+flags.DEFINE_integer("k", 10, "Search: tracks in the answer.", lower_bound=1)
+flags.DEFINE_string("m3u", None, "Search: write the answer to this M3U playlist instead of CSV.")
+flags.DEFINE_string("genre_names", None, "Search genre: a JSON file {genre code: name} (Melon's "
+                    "genre_gn_all.json) so that names match too; without it, codes only.")
+
 # --- Demo data (python -m tfcmir.data.generator, python -m tfcmir.demo). ---------------------------------------
 flags.DEFINE_string("demo_dir", "data/demo", "Where the demo datasets are written.")
 flags.DEFINE_integer("demo_songs", 1500, "Songs in the demo Melon corpus.", lower_bound=50)

@@ -57,12 +57,17 @@ class Encoder:
     threads: threads of the TFLite interpreter or the onnxruntime session (default: the usable
       cores; LiteRT alone would take one). The SavedModel uses TensorFlow's own thread pools.
     strict: the level guard stops at an off-distribution file instead of warning.
+    output: "embedding" (the pre-head vector the downstream tasks use) or "projection" (the contrastive
+      space shared with the genre tower: what tfcmir.search indexes). Every artifact has both.
 
   `frontend` holds the front-end kwargs (tfcmir.audio) the model's mels need; `guard` checks inputs
   against the training mels' level statistics.
   """
 
-  def __init__(self, export_dir, artifact="saved_model", threads=None, strict=False):
+  def __init__(self, export_dir, artifact="saved_model", threads=None, strict=False,
+               output="embedding"):
+    if output not in ("embedding", "projection"):
+      raise ValueError(f"output must be embedding or projection, got {output}")
     self.manifest = read_export_manifest(export_dir)
     self.artifact = artifact
     verify_export(export_dir, self.manifest, artifact)
@@ -73,7 +78,7 @@ class Encoder:
       import tensorflow as tf
       path = os.path.join(export_dir, "saved_model", str(self.manifest["version"]))
       self._fn = tf.saved_model.load(path).signatures["serving_default"]
-      self._run = lambda x: self._fn(mel=tf.constant(x))["embedding"].numpy()
+      self._run = lambda x: self._fn(mel=tf.constant(x))[output].numpy()
       self._chunk = SAVED_MODEL_CHUNK
     elif artifact in TFLITE_FILES:
       path = os.path.join(export_dir, "tflite", TFLITE_FILES[artifact])
@@ -83,10 +88,10 @@ class Encoder:
       self._interpreter = Interpreter(model_path=path, num_threads=threads or _usable_cores())
       # The runner resizes the input itself when a call brings another batch size.
       runner = self._interpreter.get_signature_runner()
-      self._run = lambda x: runner(mel=x)["embedding"]
+      self._run = lambda x: runner(mel=x)[output]
       self._chunk = TFLITE_CHUNK
     elif artifact == "onnx":
-      self._run = _onnx_runner(export_dir, threads or _usable_cores())
+      self._run = _onnx_runner(export_dir, threads or _usable_cores(), output)
       self._chunk = ONNX_CHUNK
     else:
       raise InputError(f"--artifact must be saved_model, tflite, tflite_quantized or onnx, got {artifact}")
@@ -100,7 +105,7 @@ class Encoder:
                            for i in range(0, len(patches), self._chunk)])
 
 
-def _onnx_runner(export_dir, threads):
+def _onnx_runner(export_dir, threads, output="embedding"):
   """onnx/audio_mel.onnx in an onnxruntime session -> a function of mel patches to embeddings."""
   path = os.path.join(export_dir, *ONNX_FILE.split("/"))
   if not os.path.exists(path):
@@ -114,7 +119,7 @@ def _onnx_runner(export_dir, threads):
   options.intra_op_num_threads = threads
   options.inter_op_num_threads = 1  # one chain of ops: a second pool would only compete for the cores
   session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-  return lambda x: session.run(["embedding"], {"mel": x})[0]
+  return lambda x: session.run([output], {"mel": x})[0]
 
 
 def read_export_manifest(export_dir):
