@@ -194,6 +194,12 @@ def test_main_job_runs_on_the_default_demo(tmp_path):
   assert all(jamendo[c]["roc_auc_mean"] > 0.6 for c in ("genre", "moodtheme", "instrument"))
   continuation = json.load(open(reports / "continuation.json"))["Contr_CF-G"]
   assert continuation["ndcg@20"] > 2 * continuation["random"]["ndcg@20"]  # demo: k = 20
+  # Search: genre words find audio of that genre (precision@10 over twice chance) for most genres.
+  search = (reports / "search.md").read_text().splitlines()
+  row = next(line for line in search if line.startswith("| contr_cf_g |")).split(" | ")
+  above, genres = map(int, row[-2].split("/"))
+  assert above >= 0.6 * genres, "\n".join(search)
+  assert next(line for line in search if line.startswith("| bline_cf_g |")).count("no shared space")
   for name in ("gtzan.md", "jamendo.md", "continuation.md", "gtzan_confusion_contr_cf_g.png",
                "gtzan_map_contr_cf_g.png"):
     assert (reports / name).exists(), name
