@@ -82,6 +82,10 @@ flags.DEFINE_float("lambda_g2p", 1.0, "Weight of the genre-playlist loss.", lowe
 # --- Training. ----------------------------------------------------------------------------------------
 flags.DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=2)
 flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.", lower_bound=0.0)
+flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"],
+                  "constant: --learning_rate throughout (the paper); cosine: decays from it to a tenth "
+                  "over --epochs. `train` chooses it by the data's size unless given "
+                  "(tfcmir/train/sizing.py).")
 flags.DEFINE_float("weight_decay", 1e-4, "Weight decay (paper silent; authors' code uses 1e-4).",
                    lower_bound=0.0)
 flags.DEFINE_enum("weight_decay_form", "l2", ["l2", "decoupled", "none"],
