@@ -78,7 +78,19 @@ def test_explicit_flags_win_on_the_command_line_and_in_a_flagfile(tmp_path, caps
                          f"--flagfile={flagfile}"], capsys)
   assert (values.batch_size, values.learning_rate, values.conv_channels) == (128, 0.05, ["4"] * 7)
   assert values.hidden_dim == sizing.choose(209)["hidden_dim"][0]  # not given: chosen
+  assert values.early_stopping > 0
   assert _sources(table).count("flag") == 3
+
+
+def test_the_demo_flagfile_trains_as_the_demo_job_does(tmp_path, capsys):
+  """configs/demo.flags sets the encoder and --epochs; on the demo's ~1,150 training songs (with CF vectors) the rest
+  stays the paper's, as in the demo job (which calls loop.run with the flags as parsed)."""
+  values, _ = _size([f"--flagfile={os.path.join(ROOT, 'configs', 'demo.flags')}",
+                     f"--tfrecord_dir={_prepared(tmp_path, 1_160)}"], capsys)
+  parsed = copy.deepcopy(FLAGS)
+  parsed(["tfcmir.train", f"--flagfile={os.path.join(ROOT, 'configs', 'demo.flags')}"])
+  for name in sizing.PAPER:
+    assert getattr(values, name) == getattr(parsed, name), name
 
 
 def test_the_melon_flagfile_trains_the_papers_setting(tmp_path, capsys):

@@ -24,7 +24,8 @@ MIN_STEPS = 8        # batches per epoch the batch size leaves at least (Adam ne
 MIN_BATCH = 16       # NT-Xent's negatives are the batch: fewer than 15 make a weak contrast
 # Encoder width: (training songs below which it applies, fraction of the paper's channels, hidden).
 WIDTHS = ((2_000, 1 / 8, 256), (20_000, 1 / 4, 256), (LARGE, 1 / 2, 512))
-SMALL = 2_000        # below it: a higher learning rate and more epochs, with early stopping
+SMALL = MIN_STEPS * PAPER["batch_size"]  # 1024: below it the batch is smaller than the paper's, and
+                                         # a higher learning rate and more epochs make up the steps
 SMALL_LR = 3e-4
 TARGET_STEPS = 2_400  # optimizer steps the epoch cap allows a small catalogue (the sweep's best runs
                       # stopped early well before it)
@@ -86,6 +87,8 @@ def resolve(chosen, given):
   for name, (value, why) in chosen.items():
     if name in given:
       rows.append((name, given[name], "flag", "set explicitly"))
+    elif name == "early_stopping" and "epochs" in given:
+      rows.append((name, PAPER[name], "auto", "--epochs given: every epoch runs (as the paper's)"))
     else:
       rows.append((name, value, "auto", why))
   return rows
