@@ -5,6 +5,12 @@ Reads the shards of `tfcmir.prepare` (--tfrecord_dir), trains under a tf.distrib
 MultiWorkerMirroredStrategy when TF_CONFIG names several workers), and writes to --model_dir (default
 runs/<mode>): config.json, checkpoints/, best.weights.h5, logs/ and history.json (tfcmir/train/loop.py).
 
+Settings that follow the data: --batch_size, --conv_channels, --hidden_dim, --learning_rate,
+--lr_schedule, --epochs and --early_stopping, where not given (on the command line or in a --flagfile),
+are chosen from the size of the training split (tfcmir/train/sizing.py): the paper's values from
+100,000 training songs up, a smaller encoder and batch, a larger learning rate and early stopping on a
+small catalogue. The run prints what it chose and why.
+
 Re-running the same command after a crash or a kill resumes from the latest checkpoint.
 """
 
