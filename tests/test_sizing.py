@@ -98,3 +98,11 @@ def test_the_melon_flagfile_trains_the_papers_setting(tmp_path, capsys):
                      f"--tfrecord_dir={_prepared(tmp_path, MELON_TRAIN)}"], capsys)
   for name, value in sizing.PAPER.items():
     assert getattr(values, name) == ([str(c) for c in value] if name == "conv_channels" else value)
+
+
+def test_the_cosine_schedule_decays_to_a_tenth_over_the_run():
+  settings = {"learning_rate": 3e-4, "batch_size": 32, "epochs": 10, "steps_per_epoch": 0}
+  assert cli.learning_rate(settings, 209, "constant") == 3e-4
+  schedule = cli.learning_rate(settings, 209, "cosine")  # 6 steps an epoch
+  assert float(schedule(0)) == pytest.approx(3e-4)
+  assert float(schedule(60)) == pytest.approx(3e-5)

@@ -64,9 +64,9 @@ def size_to_data(values=FLAGS):
   return n_train
 
 
-def learning_rate(settings, n_train):
+def learning_rate(settings, n_train, schedule):
   """--learning_rate, or with --lr_schedule=cosine a cosine decay from it over the run's steps."""
-  if FLAGS.lr_schedule == "constant":
+  if schedule == "constant":
     return settings["learning_rate"]
   import keras
 
@@ -79,6 +79,6 @@ def main(argv):
   model_dir = FLAGS.model_dir or os.path.join("runs", FLAGS.mode)
   n_train = size_to_data()
   settings = settings_from_flags()
-  settings["learning_rate"] = learning_rate(settings, n_train)
+  settings["learning_rate"] = learning_rate(settings, n_train, FLAGS.lr_schedule)
   print(loop.format_summary(*loop.run(FLAGS.tfrecord_dir, model_dir, FLAGS.mode,
                                       model_settings_from_flags(), settings)))
