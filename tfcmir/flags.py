@@ -80,8 +80,14 @@ flags.DEFINE_float("lambda_a2p", 1.0, "Weight of the audio-playlist loss.", lowe
 flags.DEFINE_float("lambda_g2p", 1.0, "Weight of the genre-playlist loss.", lower_bound=0.0)
 
 # --- Training. ----------------------------------------------------------------------------------------
+# `python -m tfcmir.train` sizes batch_size, conv_channels, hidden_dim, learning_rate, lr_schedule, epochs
+# and early_stopping to the data where they are not given (tfcmir/train/sizing.py; the paper's at Melon's size).
 flags.DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=2)
 flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.", lower_bound=0.0)
+flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"],
+                  "constant: --learning_rate throughout (the paper); cosine: decays from it to a tenth "
+                  "over --epochs. `train` chooses it by the data's size unless given "
+                  "(tfcmir/train/sizing.py).")
 flags.DEFINE_float("weight_decay", 1e-4, "Weight decay (paper silent; authors' code uses 1e-4).",
                    lower_bound=0.0)
 flags.DEFINE_enum("weight_decay_form", "l2", ["l2", "decoupled", "none"],

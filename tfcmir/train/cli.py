@@ -5,6 +5,12 @@ Reads the shards of `tfcmir.prepare` (--tfrecord_dir), trains under a tf.distrib
 MultiWorkerMirroredStrategy when TF_CONFIG names several workers), and writes to --model_dir (default
 runs/<mode>): config.json, checkpoints/, best.weights.h5, logs/ and history.json (tfcmir/train/loop.py).
 
+Settings that follow the data: --batch_size, --conv_channels, --hidden_dim, --learning_rate,
+--lr_schedule, --epochs and --early_stopping, where not given (on the command line or in a --flagfile),
+are chosen from the size of the training split (tfcmir/train/sizing.py): the paper's values from
+100,000 training songs up, a smaller encoder and batch, a larger learning rate and early stopping on a
+small catalogue. The run prints what it chose and why.
+
 Re-running the same command after a crash or a kill resumes from the latest checkpoint.
 """
 
@@ -15,7 +21,7 @@ import os
 from absl import flags
 
 from tfcmir import flags as tfcmir_flags
-from tfcmir.train import loop
+from tfcmir.train import loop, sizing
 
 FLAGS = flags.FLAGS
 
@@ -40,7 +46,39 @@ def settings_from_flags():
           "weight_decay_form": FLAGS.weight_decay_form}
 
 
+def size_to_data(values=FLAGS):
+  """Sets each sizing flag not given explicitly (on the command line or in a --flagfile) to
+  sizing.choose's value for this training split, so that config.json records what ran; prints the
+  table of what was chosen and why. Returns the training split's size."""
+  from tfcmir import shards
+  from tfcmir.model import contrastive
+
+  n_train = shards.split_size(shards.read_manifest(values.tfrecord_dir), "train",
+                              contrastive.mode_inputs(values.mode)["cf"])
+  chosen = sizing.choose(n_train)
+  rows = sizing.resolve(chosen, {name: values[name].value for name in chosen if values[name].present})
+  for name, value, source, _ in rows:
+    if source == "auto":
+      setattr(values, name, [str(c) for c in value] if name == "conv_channels" else value)
+  print(sizing.format_table(rows, n_train), flush=True)
+  return n_train
+
+
+def learning_rate(settings, n_train, schedule):
+  """--learning_rate, or with --lr_schedule=cosine a cosine decay from it over the run's steps."""
+  if schedule == "constant":
+    return settings["learning_rate"]
+  import keras
+
+  steps = settings["steps_per_epoch"] or max(n_train // settings["batch_size"], 1)
+  return keras.optimizers.schedules.CosineDecay(settings["learning_rate"], settings["epochs"] * steps,
+                                                alpha=0.1)
+
+
 def main(argv):
   model_dir = FLAGS.model_dir or os.path.join("runs", FLAGS.mode)
+  n_train = size_to_data()
+  settings = settings_from_flags()
+  settings["learning_rate"] = learning_rate(settings, n_train, FLAGS.lr_schedule)
   print(loop.format_summary(*loop.run(FLAGS.tfrecord_dir, model_dir, FLAGS.mode,
-                                      model_settings_from_flags(), settings_from_flags())))
+                                      model_settings_from_flags(), settings)))
