@@ -41,7 +41,6 @@ import csv
 import collections
 import fnmatch
 import glob
-import hashlib
 import json
 import os
 import re
@@ -53,6 +52,8 @@ import time
 
 import numpy as np
 import soundfile as sf
+
+from tfcmir import safeio
 
 SAMPLE_RATE = 16000  # tfcmir.audio.SAMPLE_RATE: the clips are stored as the front end reads them
 CLIP_SECONDS = 30.0
@@ -228,7 +229,7 @@ def split_tracks(tracks, test_fraction, seed):
     by_style[track.style].append(track.track_id)
   split = {}
   for style, ids in sorted(by_style.items()):
-    rng = np.random.default_rng([seed, int(hashlib.sha256(style.encode()).hexdigest()[:8], 16)])
+    rng = np.random.default_rng([seed, int(safeio.sha256_chunks([style])[:8], 16)])
     held = max(1, int(round(test_fraction * len(ids)))) if len(ids) >= 2 else 0
     order = rng.permutation(len(ids))
     for rank, index in enumerate(order):
@@ -493,9 +494,7 @@ def main():
     deb = download(package.name, debs)
     roots[package.name], version = unpack(deb, os.path.join(debs, "unpacked", package.name))
     packages.append((package, version))
-    with open(deb, "rb") as f:
-      debs_used[package.name] = {"file": os.path.basename(deb),
-                                 "sha256": hashlib.sha256(f.read()).hexdigest()}
+    debs_used[package.name] = {"file": os.path.basename(deb), "sha256": safeio.sha256_file(deb)}
   summary = build(packages, roots, out, args.clips_per_track, args.test_fraction, args.playlists,
                   args.seed)
   summary["debs"] = debs_used
