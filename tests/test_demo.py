@@ -158,7 +158,7 @@ def test_structure_probes_can_fail(small_demo, found):
   assert report["playlist"][0] < 0.6 * found["playlist"][0]
 
 
-MAIN_JOB_EPOCHS = 10
+MAIN_JOB_EPOCHS = 20  # at 10 the held-out probe sat within its noise of the untrained encoder
 
 
 @pytest.mark.slow
