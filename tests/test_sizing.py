@@ -1,7 +1,6 @@
 """tfcmir/train/sizing.py: training settings that follow the data's size, and flags that win."""
 
 import copy
-import json
 import os
 
 import pytest
@@ -9,7 +8,7 @@ from absl import flags
 
 from helpers import ROOT
 from tfcmir import flags as tfcmir_flags  # noqa: F401
-from tfcmir.train import cli, sizing
+from tfcmir.train import cli, loop, sizing
 
 FLAGS = flags.FLAGS
 MELON_TRAIN = 520_000  # Melon's training split, roughly
@@ -44,60 +43,71 @@ def test_settings_grow_with_the_data():
     assert a["learning_rate"][0] >= b["learning_rate"][0]
 
 
-def _prepared(tmp_path, n_train):
-  (tmp_path / "manifest.json").write_text(json.dumps({
-      "schema": {}, "shards": {}, "counts": {"songs": {"train": n_train, "val": 10, "test": 10},
-                                             "with_cf": {"train": n_train, "val": 10, "test": 10}}}))
-  return str(tmp_path)
+def _data(n_train):
+  """A prepared folder's Data as plan() reads it: only the split sizes matter."""
+  return loop.Data("unused", {"counts": {"songs": {"train": n_train, "val": 10, "test": 10},
+                                         "with_cf": {"train": n_train, "val": 10, "test": 10}}}, None)
 
 
 def _sources(table):
   return [line.split()[2] for line in table.splitlines()[2:]]
 
 
-def _size(argv, capsys):
+def _plan(argv, n_train):
+  """plan() under `argv`: {setting: value as it runs}, loop.train's settings, the printed table."""
   values = copy.deepcopy(FLAGS)  # the global FLAGS stays unparsed for other tests
   values(["tfcmir.train", *argv])
-  cli.size_to_data(values)
-  return values, capsys.readouterr().out
+  model_settings, settings, table = cli.plan(_data(n_train), values.mode, values)
+  ran = {"batch_size": settings["batch_size"], "conv_channels": tuple(model_settings["channels"]),
+         "hidden_dim": model_settings["hidden_dim"], "epochs": settings["epochs"],
+         "early_stopping": settings["early_stopping"], "learning_rate": settings["learning_rate"]}
+  return ran, settings, table
 
 
-def test_train_sizes_a_small_catalogue_and_prints_why(tmp_path, capsys):
-  values, table = _size([f"--tfrecord_dir={_prepared(tmp_path, 209)}"], capsys)
-  chosen = sizing.choose(209)
-  assert values.batch_size == chosen["batch_size"][0] < 128
-  assert values.conv_channels == [str(c) for c in chosen["conv_channels"][0]]
-  assert values.early_stopping == chosen["early_stopping"][0]
+def test_train_sizes_a_small_catalogue_and_prints_why():
+  ran, settings, table = _plan([], 209)
+  chosen = {name: value for name, (value, _) in sizing.choose(209).items()}
+  assert ran["batch_size"] == chosen["batch_size"] < 128
+  assert ran["conv_channels"] == chosen["conv_channels"]
+  assert (ran["epochs"], ran["early_stopping"]) == (chosen["epochs"], chosen["early_stopping"])
+  assert ran["learning_rate"] == chosen["learning_rate"]  # a constant schedule
   assert "209 training songs" in table and _sources(table) == ["auto"] * len(chosen)
+  # config.json's flags record what ran, not the defaults that did not.
+  assert settings["flags_used"]["batch_size"] == chosen["batch_size"]
+  assert settings["flags_used"]["conv_channels"] == [str(c) for c in chosen["conv_channels"]]
 
 
-def test_explicit_flags_win_on_the_command_line_and_in_a_flagfile(tmp_path, capsys):
+def test_explicit_flags_win_on_the_command_line_and_in_a_flagfile(tmp_path):
   flagfile = tmp_path / "mine.flags"
   flagfile.write_text("--learning_rate=0.05\n--conv_channels=4,4,4,4,4,4,4\n")
-  values, table = _size([f"--tfrecord_dir={_prepared(tmp_path, 209)}", "--batch_size=128",
-                         f"--flagfile={flagfile}"], capsys)
-  assert (values.batch_size, values.learning_rate, values.conv_channels) == (128, 0.05, ["4"] * 7)
-  assert values.hidden_dim == sizing.choose(209)["hidden_dim"][0]  # not given: chosen
-  assert values.early_stopping > 0
+  ran, settings, table = _plan(["--batch_size=128", f"--flagfile={flagfile}"], 209)
+  assert (ran["batch_size"], ran["learning_rate"], ran["conv_channels"]) == (128, 0.05, (4,) * 7)
+  assert ran["hidden_dim"] == sizing.choose(209)["hidden_dim"][0]  # not given: chosen
+  assert ran["early_stopping"] > 0
   assert _sources(table).count("flag") == 3
+  assert settings["flags_used"]["learning_rate"] == 0.05
 
 
-def test_the_demo_flagfile_trains_as_the_demo_job_does(tmp_path, capsys):
-  """configs/demo.flags sets the encoder and --epochs; on the demo's ~1,150 training songs (with CF vectors) the rest
-  stays the paper's, as in the demo job (which calls loop.run with the flags as parsed)."""
-  values, _ = _size([f"--flagfile={os.path.join(ROOT, 'configs', 'demo.flags')}",
-                     f"--tfrecord_dir={_prepared(tmp_path, 1_160)}"], capsys)
-  parsed = copy.deepcopy(FLAGS)
-  parsed(["tfcmir.train", f"--flagfile={os.path.join(ROOT, 'configs', 'demo.flags')}"])
-  for name in sizing.PAPER:
-    assert getattr(values, name) == getattr(parsed, name), name
+def test_the_cosine_schedule_is_built_over_the_chosen_epochs():
+  ran, settings, _ = _plan(["--lr_schedule=cosine"], 209)
+  schedule = ran["learning_rate"]
+  total = settings["epochs"] * (209 // settings["batch_size"])
+  assert float(schedule(0)) == pytest.approx(sizing.SMALL_LR)
+  assert float(schedule(total)) == pytest.approx(sizing.SMALL_LR / 10)
 
 
-def test_the_melon_flagfile_trains_the_papers_setting(tmp_path, capsys):
-  values, _ = _size([f"--flagfile={os.path.join(ROOT, 'configs', 'melon.flags')}",
-                     f"--tfrecord_dir={_prepared(tmp_path, MELON_TRAIN)}"], capsys)
-  for name, value in sizing.PAPER.items():
-    assert getattr(values, name) == ([str(c) for c in value] if name == "conv_channels" else value)
+def test_the_demo_flagfile_keeps_the_papers_setting_where_it_sets_nothing():
+  """configs/demo.flags sets the encoder and --epochs; on the demo's ~1,150 training songs (with CF
+  vectors) the rest stays the paper's."""
+  ran, _, _ = _plan([f"--flagfile={os.path.join(ROOT, 'configs', 'demo.flags')}"], 1_160)
+  assert ran["conv_channels"] == (16, 16, 32, 32, 32, 32, 64) and ran["hidden_dim"] == 256
+  assert (ran["epochs"], ran["early_stopping"]) == (40, 0)
+  assert (ran["batch_size"], ran["learning_rate"]) == (128, 1e-4)
+
+
+def test_the_melon_flagfile_trains_the_papers_setting():
+  ran, _, _ = _plan([f"--flagfile={os.path.join(ROOT, 'configs', 'melon.flags')}"], MELON_TRAIN)
+  assert ran == {name: value for name, value in sizing.PAPER.items() if name != "lr_schedule"}
 
 
 def test_the_cosine_schedule_decays_to_a_tenth_over_the_run():

@@ -90,12 +90,14 @@ def main(argv):
   runs_root = FLAGS.model_dir or os.path.join("runs", "demo")
   modes = [FLAGS.mode] + ([BASELINE] if FLAGS.mode != BASELINE else [])
   steps.start(f"train {', '.join(modes)} -> {runs_root}")
+  data = loop.Data.read(FLAGS.tfrecord_dir)
   for mode in modes:
     model_dir = os.path.join(runs_root, mode)
-    settings = train_cli.settings_from_flags()
-    settings["flags_used"] = dict(settings["flags_used"], mode=mode, model_dir=model_dir)
-    trained, probe_result = loop.run(FLAGS.tfrecord_dir, model_dir, mode,
-                                     train_cli.model_settings_from_flags(), settings)
+    model_settings, settings, table = train_cli.plan(data, mode)  # as `python -m tfcmir.train` would
+    settings["flags_used"]["model_dir"] = model_dir
+    print(table, flush=True)
+    trained, probe_result = loop.run(FLAGS.tfrecord_dir, model_dir, mode, model_settings, settings,
+                                     data=data)
     print(loop.format_summary(trained, probe_result), flush=True)
     if mode == modes[0] and probe_result["trained"] <= max(probe_result["untrained"],
                                                            2 * probe_result["chance"]):

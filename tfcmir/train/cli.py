@@ -26,42 +26,53 @@ from tfcmir.train import loop, sizing
 FLAGS = flags.FLAGS
 
 
-def model_settings_from_flags():
-  """contrastive.model_config's keyword arguments, as the flags say."""
-  return {"channels": [int(c) for c in FLAGS.conv_channels], "kernel_size": FLAGS.kernel_size,
-          "hidden_dim": FLAGS.hidden_dim, "embedding_dim": FLAGS.embedding_dim, "dropout": FLAGS.dropout,
-          "attention_heads": FLAGS.attention_heads, "temperature": FLAGS.temperature,
-          "lambdas": (FLAGS.lambda_a2g, FLAGS.lambda_a2p, FLAGS.lambda_g2p)}
+def _value(values, name, sized):
+  """A setting as it runs: sizing's choice where `sized` holds one, else the flag's value."""
+  return sized[name] if name in sized else values[name].value
 
 
-def settings_from_flags():
-  """loop.train's keyword arguments from `epochs` on, as the flags say."""
-  return {"epochs": FLAGS.epochs, "batch_size": FLAGS.batch_size, "learning_rate": FLAGS.learning_rate,
-          "weight_decay": FLAGS.weight_decay, "seed": FLAGS.seed, "steps_per_epoch": FLAGS.steps_per_epoch,
-          "early_stopping": FLAGS.early_stopping, "checkpoint_steps": FLAGS.checkpoint_steps,
-          "keep_checkpoints": FLAGS.keep_checkpoints, "shuffle_buffer": FLAGS.shuffle_buffer,
-          "jit_compile": FLAGS.jit_compile, "mixed_precision": FLAGS.mixed_precision,
-          "overwrite": FLAGS.overwrite, "flags_used": tfcmir_flags.resolved(),
-          "worker_timeout_s": FLAGS.worker_timeout_s, "verify_shards": FLAGS.verify_shards,
-          "weight_decay_form": FLAGS.weight_decay_form}
+def model_settings_from_flags(values=FLAGS, sized=None):
+  """contrastive.model_config's keyword arguments, as the flags (and `sized`, plan()'s choices) say."""
+  sized = sized or {}
+  return {"channels": [int(c) for c in _value(values, "conv_channels", sized)],
+          "kernel_size": values.kernel_size, "hidden_dim": _value(values, "hidden_dim", sized),
+          "embedding_dim": values.embedding_dim, "dropout": values.dropout,
+          "attention_heads": values.attention_heads, "temperature": values.temperature,
+          "lambdas": (values.lambda_a2g, values.lambda_a2p, values.lambda_g2p)}
 
 
-def size_to_data(values=FLAGS):
-  """Sets each sizing flag not given explicitly (on the command line or in a --flagfile) to
-  sizing.choose's value for this training split, so that config.json records what ran; prints the
-  table of what was chosen and why. Returns the training split's size."""
-  from tfcmir import shards
+def settings_from_flags(values=FLAGS, sized=None):
+  """loop.train's keyword arguments from `epochs` on, as the flags (and `sized`) say."""
+  sized = sized or {}
+  return {"epochs": _value(values, "epochs", sized), "batch_size": _value(values, "batch_size", sized),
+          "learning_rate": _value(values, "learning_rate", sized), "weight_decay": values.weight_decay,
+          "seed": values.seed, "steps_per_epoch": values.steps_per_epoch,
+          "early_stopping": _value(values, "early_stopping", sized),
+          "checkpoint_steps": values.checkpoint_steps, "keep_checkpoints": values.keep_checkpoints,
+          "shuffle_buffer": values.shuffle_buffer, "jit_compile": values.jit_compile,
+          "mixed_precision": values.mixed_precision, "overwrite": values.overwrite,
+          "flags_used": {name: values[name].value for name in tfcmir_flags.resolved()},
+          "worker_timeout_s": values.worker_timeout_s, "verify_shards": values.verify_shards,
+          "weight_decay_form": values.weight_decay_form}
+
+
+def plan(data, mode, values=FLAGS):
+  """(model settings, loop.train settings, the chosen-settings table) for training `mode` on `data`
+  (a loop.Data): sizing.choose's value for each sizing flag not given explicitly (on the command line
+  or in a --flagfile), the flags' values everywhere else. config.json's flags record what ran."""
   from tfcmir.model import contrastive
 
-  n_train = shards.split_size(shards.read_manifest(values.tfrecord_dir), "train",
-                              contrastive.mode_inputs(values.mode)["cf"])
-  chosen = sizing.choose(n_train)
-  rows = sizing.resolve(chosen, {name: values[name].value for name in chosen if values[name].present})
-  for name, value, source, _ in rows:
-    if source == "auto":
-      setattr(values, name, [str(c) for c in value] if name == "conv_channels" else value)
-  print(sizing.format_table(rows, n_train), flush=True)
-  return n_train
+  n_train = data.size("train", contrastive.mode_inputs(mode)["cf"])
+  given = {name: values[name].value for name in sizing.PAPER if values[name].present}
+  rows = sizing.resolve(sizing.choose(n_train), given)
+  sized = {name: value for name, value, source, _ in rows if source == "auto"}
+  settings = settings_from_flags(values, sized)
+  settings["flags_used"].update(
+      {name: [str(c) for c in v] if name == "conv_channels" else v for name, v in sized.items()},
+      mode=mode)
+  schedule = _value(values, "lr_schedule", sized)
+  settings["learning_rate"] = learning_rate(settings, n_train, schedule)
+  return model_settings_from_flags(values, sized), settings, sizing.format_table(rows, n_train)
 
 
 def learning_rate(settings, n_train, schedule):
@@ -77,8 +88,8 @@ def learning_rate(settings, n_train, schedule):
 
 def main(argv):
   model_dir = FLAGS.model_dir or os.path.join("runs", FLAGS.mode)
-  n_train = size_to_data()
-  settings = settings_from_flags()
-  settings["learning_rate"] = learning_rate(settings, n_train, FLAGS.lr_schedule)
-  print(loop.format_summary(*loop.run(FLAGS.tfrecord_dir, model_dir, FLAGS.mode,
-                                      model_settings_from_flags(), settings)))
+  data = loop.Data.read(FLAGS.tfrecord_dir)
+  model_settings, settings, table = plan(data, FLAGS.mode)
+  print(table, flush=True)
+  print(loop.format_summary(*loop.run(FLAGS.tfrecord_dir, model_dir, FLAGS.mode, model_settings,
+                                      settings, data=data)))

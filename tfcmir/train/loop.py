@@ -262,13 +262,13 @@ def genre_probe(model, config, tfrecord_dir, model_dir, seed=0, manifest=None):
   return probe.held_out_genre_probe(model, config, tfrecord_dir, seed=seed, manifest=manifest)
 
 
-def run(tfrecord_dir, model_dir, mode, model_settings, settings):
+def run(tfrecord_dir, model_dir, mode, model_settings, settings, data=None):
   """Trains `mode` on a prepared folder and probes it: (summary, held-out genre probe or None).
 
   `model_settings`: contrastive.model_config's keyword arguments (channels, kernel_size, ...).
-  `settings`: train()'s keyword arguments from `epochs` on.
+  `settings`: train()'s keyword arguments from `epochs` on. `data`: the folder's Data, if already read.
   """
-  data = Data.read(tfrecord_dir)
+  data = data or Data.read(tfrecord_dir)
   config = contrastive.model_config(mode, data.genre_table.shape, data.cf_dim, **model_settings)
   summary = train(tfrecord_dir, model_dir, config, **settings, data=data)
   if not summary["chief"]:
@@ -291,7 +291,7 @@ def format_summary(summary, result=None):
   if result and "skipped" in result:
     lines.append(f"genre probe skipped: {result['skipped']}")
   elif result:
-    lines.append(f"held-out test songs, genre from audio embeddings (logistic regression, 5-fold): "
-                 f"trained {result['trained']:.3f}, untrained {result['untrained']:.3f}, "
+    lines.append(f"held-out test songs, genre from audio embeddings (logistic regression, 5-fold "
+                 f"x{probe.REPEATS}): trained {result['trained']:.3f}, untrained {result['untrained']:.3f}, "
                  f"chance {result['chance']:.3f}")
   return "\n".join(lines)
