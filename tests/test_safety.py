@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from helpers import REAL_AUDIO, REAL_FILES
 from tfcmir.model import checkpoint as checkpoint_lib
-from tfcmir import embeddings, inference, safeio
+from tfcmir import embeddings, export_format, inference, safeio
 from tfcmir.data import generator
 from tfcmir.train import loop
 from tfcmir.errors import InputError
@@ -146,9 +146,9 @@ def test_a_damaged_export_is_named_at_load(checked_export, tmp_path, damage):
 
 def test_verification_is_cheap(checked_export):
   import time
-  manifest = inference.read_export_manifest(checked_export)
+  manifest = export_format.read_manifest(checked_export)
   started = time.perf_counter()
-  inference.verify_export(checked_export, manifest, "saved_model")
+  export_format.verify(checked_export, manifest, "saved_model")
   assert time.perf_counter() - started < 0.5
 
 

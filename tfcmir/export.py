@@ -32,13 +32,13 @@ import tensorflow as tf
 from absl import flags, logging
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from tfcmir import __version__, audio, inference, levels, safeio, shards
+from tfcmir import __version__, audio, export_format, levels, safeio, shards
 from tfcmir import flags as tfcmir_flags
 from tfcmir.errors import InputError
 from tfcmir.model import checkpoint as checkpoint_lib
 
 FLAGS = flags.FLAGS
-MANIFEST = inference.EXPORT_MANIFEST
+MANIFEST = export_format.MANIFEST
 MIN_QUANTIZED_COSINE = 0.99  # a quantised model whose embeddings drift further is not shipped
 ONNX_OPSET = 15  # tf2onnx 1.17's default: onnxruntime >= 1.10 runs it
 ONNX_EXTRA = "pip install -e '.[onnx]'"
@@ -317,6 +317,7 @@ def _write_all(model, run, weights, out, name, version, genre_vocab, essentia):
       ("mel", "serving_default", {"mel": patches}, sm_mel["embedding"]),
       ("waveform", "from_waveform", {"waveform": waveform}, sm_wave["patch_embeddings"])):
     for quantize, suffix in ((False, "float32"), (True, "dynamic_range")):
+      relative = export_format.tflite_file(kind, suffix)
       content = convert_tflite(saved_model, signature, quantize)
       got = run_tflite(content, inputs)
       key = "embedding" if kind == "mel" else "patch_embeddings"
@@ -327,17 +328,15 @@ def _write_all(model, run, weights, out, name, version, genre_vocab, essentia):
           # into int8, which moves the dB values by several dB (cosine 0.65-0.73 on the demo models),
           # so the waveform variant is expected to land here on every export: recorded in the
           # manifest, not warned about. The mel-input variant is what apps quantise.
-          not_written[f"audio_{kind}_{suffix}.tflite"] = (
+          not_written[os.path.basename(relative)] = (
               f"cosine {similarity:.3f} with the float model < {MIN_QUANTIZED_COSINE}")
-          logging.info("audio_%s_%s.tflite not written: %s", kind, suffix,
-                       not_written[f"audio_{kind}_{suffix}.tflite"])
+          logging.info("%s not written: %s", relative, not_written[os.path.basename(relative)])
           continue
       else:
         checks[f"tflite_{kind}_{suffix}_vs_saved_model"] = relative_error(got[key], reference)
-      path = os.path.join(out, "tflite", f"audio_{kind}_{suffix}.tflite")
-      with open(path, "wb") as f:
+      with open(os.path.join(out, *relative.split("/")), "wb") as f:
         f.write(content)
-      tflite_files[f"{kind}_{suffix}"] = os.path.relpath(path, out)
+      tflite_files[f"{kind}_{suffix}"] = relative
   onnx_files, onnx_not_written = write_onnx(model, frontend["level"], out, checks,
                                             {"mel": patches, "waveform": waveform},
                                             {"mel": sm_mel, "waveform": sm_wave})
@@ -382,7 +381,7 @@ def write_onnx(model, level, out, checks, inputs, references):
   except ImportError as err:
     reason = f"{err.name} is not installed ({ONNX_EXTRA})"
     logging.warning("no ONNX models written: %s", reason)
-    return {}, {f"audio_{kind}.onnx": reason for kind in ("mel", "waveform")}
+    return {}, {os.path.basename(export_format.onnx_file(kind)): reason for kind in ("mel", "waveform")}
   tower = AudioTower(model, level, dft="matmul")
   os.makedirs(os.path.join(out, "onnx"))
   files = {}
@@ -392,10 +391,9 @@ def write_onnx(model, level, out, checks, inputs, references):
     reference = references[kind]
     checks[f"onnx_{kind}_vs_saved_model"] = max(relative_error(got[key], reference[key])
                                                 for key in reference)
-    path = os.path.join(out, "onnx", f"audio_{kind}.onnx")
-    with open(path, "wb") as f:
+    files[kind] = export_format.onnx_file(kind)
+    with open(os.path.join(out, *files[kind].split("/")), "wb") as f:
       f.write(content)
-    files[kind] = os.path.relpath(path, out)
   return files, {}
 
 

@@ -20,13 +20,9 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from tfcmir import audio, levels, safeio
+from tfcmir import audio, export_format, levels
 from tfcmir.errors import InputError
 
-EXPORT_MANIFEST = "export_manifest.json"
-TFLITE_FILES = {"tflite": "audio_mel_float32.tflite", "tflite_quantized": "audio_mel_dynamic_range.tflite"}
-ONNX_FILE = "onnx/audio_mel.onnx"
-ARTIFACTS = ("saved_model", *TFLITE_FILES, "onnx")
 # Patches per encoder call, measured on one Zen 5 core (benchmarks/embed.py): a batch of 64 paper-size
 # patches has a 400 MB first activation, so it streams from memory; a few patches stay in cache.
 SAVED_MODEL_CHUNK = 16
@@ -68,9 +64,9 @@ class Encoder:
                output="embedding"):
     if output not in ("embedding", "projection"):
       raise ValueError(f"output must be embedding or projection, got {output}")
-    self.manifest = read_export_manifest(export_dir)
+    self.manifest = export_format.read_manifest(export_dir)
     self.artifact = artifact
-    verify_export(export_dir, self.manifest, artifact)
+    export_format.verify(export_dir, self.manifest, artifact)
     # Exports from before the level was recorded were made from the front end's default.
     self.frontend = dict({"level": audio.DEFAULT_LEVEL}, **self.manifest.get("frontend", {}))
     self.guard = levels.Guard(self.manifest.get("level_statistics"), strict)
@@ -80,8 +76,8 @@ class Encoder:
       self._fn = tf.saved_model.load(path).signatures["serving_default"]
       self._run = lambda x: self._fn(mel=tf.constant(x))[output].numpy()
       self._chunk = SAVED_MODEL_CHUNK
-    elif artifact in TFLITE_FILES:
-      path = os.path.join(export_dir, "tflite", TFLITE_FILES[artifact])
+    elif artifact in export_format.TFLITE_FILES:
+      path = os.path.join(export_dir, *export_format.TFLITE_FILES[artifact].split("/"))
       if not os.path.exists(path):
         raise InputError(f"{path}: this export has no such TFLite model")
       from ai_edge_litert.interpreter import Interpreter
@@ -107,7 +103,7 @@ class Encoder:
 
 def _onnx_runner(export_dir, threads, output="embedding"):
   """onnx/audio_mel.onnx in an onnxruntime session -> a function of mel patches to embeddings."""
-  path = os.path.join(export_dir, *ONNX_FILE.split("/"))
+  path = os.path.join(export_dir, *export_format.ONNX_FILE.split("/"))
   if not os.path.exists(path):
     raise InputError(f"{path}: this export has no ONNX model (export_manifest.json's onnx_not_written "
                      "says why)")
@@ -120,51 +116,6 @@ def _onnx_runner(export_dir, threads, output="embedding"):
   options.inter_op_num_threads = 1  # one chain of ops: a second pool would only compete for the cores
   session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
   return lambda x: session.run([output], {"mel": x})[0]
-
-
-def read_export_manifest(export_dir):
-  """An export's export_manifest.json (a dict); InputError if it is missing or damaged."""
-  path = os.path.join(export_dir, EXPORT_MANIFEST)
-  if not os.path.exists(path):
-    raise InputError(f"{export_dir}: not an export (no export_manifest.json); run tfcmir.export")
-  try:
-    manifest = safeio.read_json(path)
-  except (OSError, UnicodeDecodeError, ValueError) as err:
-    raise InputError(f"{path}: damaged, not the JSON tfcmir.export writes ({err}); export again") from err
-  if not isinstance(manifest, dict) or "version" not in manifest:
-    raise InputError(f"{path}: damaged, no export version in it; export again")
-  return manifest
-
-
-def artifact_files(manifest, artifact):
-  """The manifest's paths (relative to the export) of the files `artifact` loads."""
-  if artifact in TFLITE_FILES:
-    return [f"tflite/{TFLITE_FILES[artifact]}"]
-  if artifact == "onnx":
-    return [ONNX_FILE]
-  prefix = f"saved_model/{manifest['version']}/"
-  return [p for p in manifest.get("files", {}) if p.startswith(prefix)]
-
-
-def verify_export(export_dir, manifest, artifact):
-  """Checks the sha256 the manifest records for every file `artifact` loads (a few MB: ~10 ms).
-
-  A changed byte in a model file gives wrong embeddings, not an error (a 4-byte change in the mel
-  TFLite gives all -inf), so nothing is loaded unchecked. Exports without checksums (hand-made
-  ones) are loaded as they are.
-  """
-  checksums = manifest.get("files")
-  if not checksums:
-    return
-  for relative in artifact_files(manifest, artifact):
-    path = os.path.join(export_dir, *relative.split("/"))
-    if relative not in checksums:
-      continue  # a TFLite or ONNX model this export did not ship: reported by the loader
-    if not os.path.exists(path):
-      raise InputError(f"{path}: missing from the export; export again")
-    if safeio.sha256_file(path) != checksums[relative]:
-      raise InputError(f"{path}: damaged (its sha256 differs from export_manifest.json's); "
-                       "export again")
 
 
 def _usable_cores():

@@ -24,7 +24,7 @@ import time
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from tfcmir import embeddings, inference, safeio
+from tfcmir import embeddings, export_format, inference, safeio
 from tfcmir.beam import options as options_lib
 from tfcmir.errors import InputError
 
@@ -109,10 +109,10 @@ def build(pipeline, paths, export_dir, out, work_dir, artifact="saved_model", ba
 
 def _check_export(export_dir, artifact):
   """The export's manifest, checked here so a bad --embed_model fails before any worker starts."""
-  manifest = inference.read_export_manifest(export_dir)
-  inference.verify_export(export_dir, manifest, artifact)  # again in each worker, as it loads
-  if artifact in inference.TFLITE_FILES or artifact == "onnx":
-    model = os.path.join(export_dir, *inference.artifact_files(manifest, artifact)[0].split("/"))
+  manifest = export_format.read_manifest(export_dir)
+  export_format.verify(export_dir, manifest, artifact)  # again in each worker, as it loads
+  if artifact in export_format.TFLITE_FILES or artifact == "onnx":
+    model = os.path.join(export_dir, *export_format.artifact_files(manifest, artifact)[0].split("/"))
     if not os.path.exists(model):
       raise InputError(f"{model}: this export has no such {'ONNX' if artifact == 'onnx' else 'TFLite'} "
                        "model")

@@ -29,7 +29,7 @@ import urllib.request
 import numpy as np
 from absl import logging
 
-from tfcmir import audio, inference, safeio
+from tfcmir import audio, export_format, inference, safeio
 from tfcmir.data.catalogue import read_m3u
 from tfcmir.errors import InputError
 from tfcmir.evaluate import continuation as continuation_lib
@@ -80,7 +80,7 @@ def index(export_dir, audio, index_dir, artifact="saved_model", strict=False, pr
   if not paths:
     raise InputError("no audio files given (pass files or folders)")
   safeio.check_ours(index_dir, (store.MANIFEST,), "search index (--index)")  # before any embedding
-  manifest = inference.read_export_manifest(export_dir)
+  manifest = export_format.read_manifest(export_dir)
   identity = store.export_identity(export_dir, manifest, artifact)
   old = store.read(index_dir) if os.path.isfile(os.path.join(index_dir, store.MANIFEST)) else None
   if old is not None:
@@ -133,7 +133,7 @@ def _open(index_dir):
 def _checked_export(index_dir, found, export_dir=None):
   """The export an index was made with, or `export_dir` once it is checked to be the same one."""
   export_dir = export_dir or found.export["path"]
-  manifest = inference.read_export_manifest(export_dir)
+  manifest = export_format.read_manifest(export_dir)
   store.check_same_export(index_dir, found,
                           store.export_identity(export_dir, manifest, found.export["artifact"]))
   return export_dir
@@ -226,7 +226,7 @@ class GenreTower:
   """
 
   def __init__(self, export_dir, names=None):
-    manifest = inference.read_export_manifest(export_dir)
+    manifest = export_format.read_manifest(export_dir)
     mode = str(manifest.get("mode") or "")
     signatures = manifest.get("signatures")
     if mode.startswith("bline") or (signatures is not None and "genres" not in signatures):
@@ -238,7 +238,7 @@ class GenreTower:
       raise InputError(f"{self.where}: missing or damaged ({err}); the genre tower's words are "
                        "unknown: export again from a run whose data folder holds it") from err
     self.names = read_genre_names(names) if isinstance(names, str) else names
-    inference.verify_export(export_dir, manifest, "saved_model")
+    export_format.verify(export_dir, manifest, "saved_model")
     import tensorflow as tf
     loaded = tf.saved_model.load(os.path.join(export_dir, "saved_model", str(manifest["version"])))
     if "genres" not in loaded.signatures:

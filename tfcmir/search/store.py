@@ -26,7 +26,7 @@ import unicodedata
 import faiss
 import numpy as np
 
-from tfcmir import inference, safeio
+from tfcmir import export_format, safeio
 from tfcmir.errors import InputError
 
 MANIFEST = "search_index.json"
@@ -41,7 +41,7 @@ def export_identity(export_dir, manifest, artifact):
   loads; for a hand-made export without checksums, of the files themselves.
   """
   checksums = manifest.get("files") or {}
-  files = inference.artifact_files(manifest, artifact)
+  files = export_format.artifact_files(manifest, artifact)
   if not files:  # no checksums: every file of the SavedModel
     top = os.path.join(export_dir, "saved_model", str(manifest["version"]))
     files = sorted(os.path.relpath(os.path.join(d, f), export_dir).replace(os.sep, "/")
