@@ -409,7 +409,7 @@ def main():
             f"(~{PAPER_SONGS_PER_S:.0f} songs/s); an epoch of 520k songs in {epoch / 3600:.1f} h")
 
   if args.profile:
-    print(f"running the profile ...", file=sys.stderr, flush=True)
+    print("running the profile ...", file=sys.stderr, flush=True)
     for config in [c for c in configs if not CONFIGS[c][1] and (bf16 or not CONFIGS[c][0])]:
       profile = run_child(args, "paper", config, profile=True)
       if "error" in profile:

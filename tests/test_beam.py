@@ -27,7 +27,6 @@ from tfcmir.train import pipeline
 from tfcmir.beam import options  # noqa: E402
 from tfcmir.beam import embed as beam_embed  # noqa: E402
 from tfcmir.beam import prepare as beam_prepare  # noqa: E402
-from tfcmir.data import melon  # noqa: E402
 from tfcmir.errors import InputError
 from tfcmir.data.corpus import Corpus, Problems  # noqa: E402
 from tfcmir.prepare import steps  # noqa: E402

@@ -151,7 +151,7 @@ def test_rows_without_ids_are_numbered_in_row_order(tmp_path, music):
 def read_bad(tmp_path, music, rows, playlist="../music/jazz/track5.mp3\n", header="path,genres"):
   """Reads a catalogue with the good track5 row plus `rows`; returns (corpus, problems, csv path)."""
   csv_path = write(tmp_path / "songs.csv", f"{header}\njazz/track5.mp3,Jazz\n{rows}")
-  lists = write(tmp_path / "lists" / "p.m3u", playlist)
+  write(tmp_path / "lists" / "p.m3u", playlist)
   problems = Problems()
   return read_catalogue(str(music), csv_path, str(tmp_path / "lists"), problems), problems, csv_path
 

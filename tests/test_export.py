@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import HERE, REAL_AUDIO, REAL_FILES, ROOT, run_module
+from helpers import HERE, REAL_AUDIO, REAL_FILES, run_module
 from tfcmir.model import checkpoint as checkpoint_lib
 from tfcmir import audio, export, inference, safeio
 from tfcmir.train import loop
