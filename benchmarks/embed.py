@@ -13,6 +13,9 @@ one child process per export, pinned to one core (`common.pin_threads(1)`):
   + front end   `inference.embed_files` on real audio files (tests/fixtures/real-audio: wav, flac, ogg,
                 mp3 at 16-48 kHz, mono and stereo): decode, resample, mel, patches, encoder; seconds
                 are those of the files (a 10 s file is two patches, its last 1.8 s is not embedded)
+  commands      the work of `tfcmir.embed` and of `tfcmir.search index` (SavedModel), each from the
+                export folder to its written output (load, embed, write), on copies of the same
+                files: indexing should run at the embed rate (issue 19)
   front end     `inference.file_patches` alone (no encoder)
   from_waveform the SavedModel's from_waveform signature on the decoded 16 kHz waveforms, one call
                 per file (front end in the graph); the same for onnx/audio_waveform.onnx in
@@ -23,8 +26,10 @@ process shared the core, and the figure is low.
 """
 
 import argparse
+import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +46,8 @@ SIZES = {"paper": ([128, 128, 256, 256, 256, 256, 512], 512),
          "demo": ([16, 16, 32, 32, 32, 32, 64], 256)}
 ARTIFACTS = ("saved_model", "tflite", "tflite_quantized", "onnx")
 TARGET = 300  # x real time, float TFLite, paper size, one core
+EMBED_ROW = "embed command's work (load, embed, write)"
+INDEX_ROW = "search index's work (load, embed, write the index)"
 
 
 def build_export(root, size):
@@ -78,7 +85,7 @@ def timed(fn, repeats):
   return best, (time.process_time() - cpu) / (time.perf_counter() - wall)
 
 
-def measure(export_dir, batch, repeats, file_copies, front_end):
+def measure(export_dir, batch, repeats, file_copies, command_copies, front_end):
   """Child process, one core: rows [(artifact, path, batch, x real time, patches/s, cpu/wall)]."""
   common.pin_threads(1)
   from tfcmir import audio, inference
@@ -111,6 +118,7 @@ def measure(export_dir, batch, repeats, file_copies, front_end):
   arrays = [w.numpy() for w in waves]
   wall, load = timed(lambda: [session.run(["embedding"], {"waveform": w}) for w in arrays], repeats)
   rows.append(("onnx", "audio_waveform.onnx, decoded waveforms", 1, seconds / wall, None, load))
+  rows += command_rows(export_dir, audio_files() * command_copies, batch, repeats)
   if front_end:
     wall, load = timed(lambda: [inference.file_patches(f) for f in files], repeats)
     patches = sum(len(inference.file_patches(f)[0]) for f in files)
@@ -119,9 +127,51 @@ def measure(export_dir, batch, repeats, file_copies, front_end):
   return rows
 
 
+def command_rows(export_dir, files, batch, repeats):
+  """The work of `tfcmir.embed` and of `tfcmir.search index` on the same files, each from the export
+  folder to its output folder (load the SavedModel, embed, write), alternated: issue 19 asks that
+  indexing run at the embed rate."""
+  from tfcmir import audio, embeddings, inference, search
+  with tempfile.TemporaryDirectory(prefix="tfcmir-bench-index-") as root:
+    # Distinct paths: the index keeps one row per path, so the copies must not share one.
+    named = []
+    for i, path in enumerate(files):
+      named.append(os.path.join(root, f"{i:03d}-{os.path.basename(path)}"))
+      shutil.copyfile(path, named[-1])
+    seconds = sum(len(audio.load_audio(f)) for f in named) / audio.SAMPLE_RATE
+
+    def embed_command():
+      out = tempfile.mkdtemp(dir=root)
+      encoder = inference.Encoder(export_dir, "saved_model")
+      rows, per_patch, _ = inference.embed_files(named, encoder, batch, progress=False)
+      embeddings.write_outputs(out, rows, per_patch)
+
+    def index_command():
+      search.index(export_dir, named, tempfile.mkdtemp(dir=root), progress=False)
+
+    # Alternated, each after a full garbage collection: a loaded SavedModel is freed by the cyclic
+    # collector, and that cost would otherwise land inside whichever run comes next.
+    walls, cpus = {embed_command: [], index_command: []}, {embed_command: [], index_command: []}
+    for run in range(repeats + 1):  # the first round warms up
+      for fn in (embed_command, index_command):
+        gc.collect()
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        if run:
+          walls[fn].append(time.perf_counter() - wall)
+          cpus[fn].append(time.process_time() - cpu)
+    (embed_wall, embed_load), (index_wall, index_load) = (
+        (min(walls[fn]), sum(cpus[fn]) / sum(walls[fn])) for fn in (embed_command, index_command))
+  return [("saved_model", EMBED_ROW, batch, seconds / embed_wall,
+           None, embed_load),
+          ("saved_model", INDEX_ROW, batch,
+           seconds / index_wall, None, index_load)]
+
+
 def child(export_dir, args, front_end):
   spec = {"export_dir": export_dir, "batch": args.batch, "repeats": args.repeats,
-          "file_copies": args.file_copies, "front_end": front_end}
+          "file_copies": args.file_copies, "command_copies": args.command_copies,
+          "front_end": front_end}
   result = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
                           capture_output=True, text=True, check=False)
   if result.returncode != 0:
@@ -136,6 +186,9 @@ def main():
   parser.add_argument("--repeats", type=int, default=3, help="best of this many timed runs")
   parser.add_argument("--file_copies", type=int, default=2,
                       help="the six real-audio files (53 s) this many times per front-end run")
+  parser.add_argument("--command_copies", type=int, default=10,
+                      help="the six files this many times for the embed and search-index commands: "
+                           "enough audio that loading the export is not most of the time")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -144,7 +197,7 @@ def main():
     return
   sizes = ["demo"] if args.quick else ["paper", "demo"]
   if args.quick:
-    args.repeats, args.file_copies = 1, 1
+    args.repeats, args.file_copies, args.command_copies = 1, 1, 3
 
   started = time.perf_counter()
   rows = []
@@ -159,6 +212,10 @@ def main():
       ["encoder", "artifact", "path", "batch", "x real time", "patches/s", "cpu/wall"],
       [(size, artifact, path, batch, f"{speed:,.0f}", "-" if rate is None else f"{rate:,.1f}",
         f"{load:.2f}") for size, artifact, path, batch, speed, rate, load in rows]))
+  for size in sizes:
+    rate = {path: speed for s, _, path, _, speed, _, _ in rows if s == size}
+    print(f"{size} size: search index at {rate[INDEX_ROW] / rate[EMBED_ROW]:.2f}x the embed "
+          "command's rate (same files and export, one after the other)")
   if not args.quick:
     best = max(speed for size, artifact, path, batch, speed, _, _ in rows
                if (size, artifact, path) == ("paper", "tflite", "encoder"))
