@@ -4,6 +4,7 @@ import collections
 import glob
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -178,6 +179,11 @@ def test_main_job_runs_on_the_default_demo(tmp_path):
                       f"--epochs={MAIN_JOB_EPOCHS}", timeout=1200)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "done: the whole pipeline ran on the demo data" in result.stdout
+  # Quiet: progress bars and summaries, but no library or absl INFO lines (LiteRT's XNNPACK notice,
+  # the WARP and export details that --verbosity=1 shows).
+  logged = [line for line in (result.stdout + result.stderr).splitlines()
+            if re.match(r"(I\d{4} \d\d:\d\d|INFO: )", line)]
+  assert logged == [], logged
   manifest = generator.read_manifest(out)
   assert manifest["counts"]["melon"]["songs"] == 1500
   assert manifest["bytes"] < 500 * 2 ** 20

@@ -140,3 +140,12 @@ def test_numerical_checks_hold_with_eigen_kernels():
                 TF_ENABLE_ONEDNN_OPTS="0")
   assert done.returncode == 0, done.stdout[-3000:]
   assert re.search(r"\d+ passed", done.stdout) and "failed" not in done.stdout
+
+
+def test_environment_kept_undoes_what_an_import_sets(monkeypatch):
+  monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+  monkeypatch.delenv("TFCMIR_TEST_UNSET", raising=False)
+  with runtime.environment_kept("TF_CPP_MIN_LOG_LEVEL", "TFCMIR_TEST_UNSET"):
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # what `import tf2onnx.convert` does
+    os.environ["TFCMIR_TEST_UNSET"] = "x"
+  assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2" and "TFCMIR_TEST_UNSET" not in os.environ

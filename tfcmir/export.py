@@ -32,7 +32,7 @@ import tensorflow as tf
 from absl import flags, logging
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from tfcmir import __version__, audio, export_format, levels, safeio, shards
+from tfcmir import __version__, audio, export_format, levels, runtime, safeio, shards
 from tfcmir import flags as tfcmir_flags
 from tfcmir.errors import InputError
 from tfcmir.model import checkpoint as checkpoint_lib
@@ -146,8 +146,18 @@ def run_tflite(model_content, inputs):
     for name, value in inputs.items():
       if detail["name"].split(":")[0].endswith(f"_{name}") or detail["name"] == name:
         interpreter.resize_tensor_input(detail["index"], value.shape)
-  interpreter.allocate_tensors()
+  with runtime.quiet_native_lines():
+    interpreter.allocate_tensors()
   return interpreter.get_signature_runner()(**inputs)
+
+
+def _import_tf2onnx():
+  """tf2onnx with its converter loaded. Importing `tf2onnx.convert` sets TF_CPP_MIN_LOG_LEVEL=3 in our
+  environment; it is put back, or every process started later takes it for the user's setting."""
+  with runtime.environment_kept("TF_CPP_MIN_LOG_LEVEL"):
+    import tf2onnx
+    import tf2onnx.convert  # noqa: F401
+  return tf2onnx
 
 
 def convert_onnx(function):
@@ -158,8 +168,8 @@ def convert_onnx(function):
   graph that no runtime loads: such ops are an error here, named.
   """
   import onnx
-  import tf2onnx
 
+  tf2onnx = _import_tf2onnx()
   frozen = freeze(function.get_concrete_function())
   proto, _ = tf2onnx.convert.from_function(tf.function(frozen), input_signature=function.input_signature,
                                            opset=ONNX_OPSET)
@@ -330,7 +340,8 @@ def _write_all(model, run, weights, out, name, version, genre_vocab, essentia):
           # manifest, not warned about. The mel-input variant is what apps quantise.
           not_written[os.path.basename(relative)] = (
               f"cosine {similarity:.3f} with the float model < {MIN_QUANTIZED_COSINE}")
-          logging.info("%s not written: %s", relative, not_written[os.path.basename(relative)])
+          # The export's summary line shows the cosine too; --verbosity=1 names the file.
+          logging.vlog(1, "%s not written: %s", relative, not_written[os.path.basename(relative)])
           continue
       else:
         checks[f"tflite_{kind}_{suffix}_vs_saved_model"] = relative_error(got[key], reference)
@@ -377,7 +388,7 @@ def write_onnx(model, level, out, checks, inputs, references):
   """
   try:
     import onnxruntime  # noqa: F401
-    import tf2onnx  # noqa: F401
+    _import_tf2onnx()
   except ImportError as err:
     reason = f"{err.name} is not installed ({ONNX_EXTRA})"
     logging.warning("no ONNX models written: %s", reason)
@@ -459,6 +470,9 @@ def main(argv):
   print("| check | value |\n|---|---|")
   for key, value in manifest["verification"].items():
     print(f"| {key} | {value:.3g} |")
+  for name, reason in {**manifest.get("tflite_not_written", {}),
+                       **manifest.get("onnx_not_written", {})}.items():
+    print(f"not written: {name} ({reason})")
 
 
 if __name__ == "__main__":

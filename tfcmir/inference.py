@@ -20,7 +20,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from tfcmir import audio, export_format, levels
+from tfcmir import audio, export_format, levels, runtime
 from tfcmir.errors import InputError
 
 # Patches per encoder call, measured on one Zen 5 core (benchmarks/embed.py): a batch of 64 paper-size
@@ -82,6 +82,8 @@ class Encoder:
         raise InputError(f"{path}: this export has no such TFLite model")
       from ai_edge_litert.interpreter import Interpreter
       self._interpreter = Interpreter(model_path=path, num_threads=threads or _usable_cores())
+      with runtime.quiet_native_lines():
+        self._interpreter.allocate_tensors()
       # The runner resizes the input itself when a call brings another batch size.
       runner = self._interpreter.get_signature_runner()
       self._run = lambda x: runner(mel=x)[output]

@@ -35,7 +35,9 @@ _START_NOISE = re.compile(
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags"
     r"|\] Unable to register cu(DNN|FFT|BLAS) factory"
     r"|\] TF-TRT Warning: Could not find TensorRT"
-    r"|computation_placer\.cc.*already registered")
+    r"|computation_placer\.cc.*already registered"
+    # LiteRT, once per process, at the first interpreter's allocation (quiet_native_lines).
+    r"|^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.")
 # CUDA's complaints are noise only where there is no NVIDIA device at all; on a GPU machine they are
 # the first sign of a broken driver, and stay.
 _CUDA_NOISE = re.compile(r"cudart_stub\.cc.*Could not find cuda drivers|failed call to cuInit")
@@ -182,6 +184,31 @@ def quiet_library_logs(verbosity=0):
   handler = absl_logging.get_absl_handler()
   if verbosity < 1 and not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
     handler.addFilter(_LibraryInfoFilter())
+
+
+@contextlib.contextmanager
+def environment_kept(*names):
+  """Restores the environment variables `names` (or their absence) when the block ends.
+
+  For imports that set them: tf2onnx sets TF_CPP_MIN_LOG_LEVEL=3 when it is imported, and every
+  process started afterwards took that for the user's own choice and printed TensorFlow's start-up.
+  """
+  saved = {name: os.environ.get(name) for name in names}
+  try:
+    yield
+  finally:
+    for name, value in saved.items():
+      if value is None:
+        os.environ.pop(name, None)
+      else:
+        os.environ[name] = value
+
+
+def quiet_native_lines():
+  """A context that drops the known native lines (is_noise) printed inside it, unless the user asked
+  for them (see _verbose). For native code that prints on first use, not at import: LiteRT announces
+  its XNNPACK delegate on stderr when the first interpreter allocates, with no setting to stop it."""
+  return contextlib.nullcontext() if _verbose() else _FilteredStderr()
 
 
 def quiet_tensorflow_start():

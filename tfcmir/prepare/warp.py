@@ -414,9 +414,11 @@ def fit_warp(matrix, dim=300, epochs=50, max_sampled=40, learning_rate=0.05, bat
     if on_epoch is not None:
       on_epoch(time.perf_counter() - epoch_start, loss / n_pos)
   seconds = time.perf_counter() - start
-  logging.info("WARP: %d songs (%d with entries) x %d playlists, %d memberships, dim %d, %d epochs "
-               "in %.1f s (%.1f s/epoch), last epoch mean loss %.4f", csr.shape[0], model.n_candidates,
-               csr.shape[1], n_pos, dim, epochs, seconds, seconds / epochs, loss / n_pos)
+  # --verbosity=1 shows it; by default prepare's own summary (the WARP time, the matrix) says enough.
+  logging.vlog(1, "WARP: %d songs (%d with entries) x %d playlists, %d memberships, dim %d, %d epochs "
+               "in %.1f s (%.1f s/epoch), last epoch mean loss %.4f", csr.shape[0],
+               model.n_candidates, csr.shape[1], n_pos, dim, epochs, seconds, seconds / epochs,
+               loss / n_pos)
   return model.factors()
 
 
