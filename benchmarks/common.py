@@ -18,16 +18,38 @@ import tfcmir  # noqa: F401
 
 
 def cpu_flags():
-  """The CPU feature flags that decide the fast paths (AVX-512, bfloat16, AMX), from /proc/cpuinfo."""
+  """The CPU feature flags that decide the fast paths (AVX-512, bfloat16, AMX), from /proc/cpuinfo,
+  less those that oneDNN's own cap (ONEDNN_MAX_CPU_ISA, see onednn_cap) keeps its kernels from."""
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
       for line in f:
         if line.startswith("flags"):
           flags = set(line.split(":", 1)[1].split())
-          return sorted(f for f in flags if f.startswith(("avx512f", "avx512_bf16", "amx", "avx2")))
+          return sorted(f for f in flags if f.startswith(("avx512f", "avx512_bf16", "amx", "avx2"))
+                        and _allowed_by_cap(f))
   except OSError:
     pass
   return []
+
+
+def onednn_cap():
+  """ONEDNN_MAX_CPU_ISA, upper case, or None: oneDNN then uses no instructions beyond it. Set to AVX2 on
+  an AVX-512 machine it stands in for the AVX2 class (same clock and memory, so a proxy only); bfloat16
+  kernels are then missing, and a bfloat16 matmul would abort the process."""
+  return os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() or None
+
+
+def _allowed_by_cap(flag):
+  cap = onednn_cap()
+  if cap is None or cap == "ALL" or cap.startswith("AVX10") or cap.startswith("AVX512_CORE_AMX"):
+    return True
+  if flag.startswith("amx"):
+    return False
+  if flag == "avx512_bf16":
+    return cap.startswith("AVX512_CORE_BF16") or cap.startswith("AVX512_CORE_FP16")
+  if flag.startswith("avx512"):
+    return cap.startswith("AVX512")
+  return cap.startswith(("AVX2", "AVX512"))  # avx2
 
 
 def cpu_model():
@@ -64,7 +86,8 @@ def onednn_enabled():
 
 
 def kernels_line():
-  return f"{isa_class()} CPU, oneDNN kernels {'on' if onednn_enabled() else 'off (Eigen)'}"
+  cap = f" (capped by ONEDNN_MAX_CPU_ISA={onednn_cap()})" if onednn_cap() else ""
+  return f"{isa_class()} CPU{cap}, oneDNN kernels {'on' if onednn_enabled() else 'off (Eigen)'}"
 
 
 def machine_line(extra=""):
