@@ -13,7 +13,7 @@ one child process per export, pinned to one core (`common.pin_threads(1)`):
   + front end   `inference.embed_files` on real audio files (tests/fixtures/real-audio: wav, flac, ogg,
                 mp3 at 16-48 kHz, mono and stereo): decode, resample, mel, patches, encoder; seconds
                 are those of the files (a 10 s file is two patches, its last 1.8 s is not embedded)
-  commands      the work of `tfcmir.embed` and of `tfcmir.search index` (SavedModel), each from the
+  commands      `tfcmir.embed.embed` and `tfcmir.search.index` (SavedModel), each from the
                 export folder to its written output (load, embed, write), on copies of the same
                 files: indexing should run at the embed rate (issue 19)
   front end     `inference.file_patches` alone (no encoder)
@@ -131,7 +131,7 @@ def command_rows(export_dir, files, batch, repeats):
   """The work of `tfcmir.embed` and of `tfcmir.search index` on the same files, each from the export
   folder to its output folder (load the SavedModel, embed, write), alternated: issue 19 asks that
   indexing run at the embed rate."""
-  from tfcmir import audio, embeddings, inference, search
+  from tfcmir import audio, embed, search
   with tempfile.TemporaryDirectory(prefix="tfcmir-bench-index-") as root:
     # Distinct paths: the index keeps one row per path, so the copies must not share one.
     named = []
@@ -141,10 +141,7 @@ def command_rows(export_dir, files, batch, repeats):
     seconds = sum(len(audio.load_audio(f)) for f in named) / audio.SAMPLE_RATE
 
     def embed_command():
-      out = tempfile.mkdtemp(dir=root)
-      encoder = inference.Encoder(export_dir, "saved_model")
-      rows, per_patch, _ = inference.embed_files(named, encoder, batch, progress=False)
-      embeddings.write_outputs(out, rows, per_patch)
+      embed.embed(export_dir, named, tempfile.mkdtemp(dir=root), batch_patches=batch, progress=False)
 
     def index_command():
       search.index(export_dir, named, tempfile.mkdtemp(dir=root), progress=False)
@@ -162,10 +159,8 @@ def command_rows(export_dir, files, batch, repeats):
           cpus[fn].append(time.process_time() - cpu)
     (embed_wall, embed_load), (index_wall, index_load) = (
         (min(walls[fn]), sum(cpus[fn]) / sum(walls[fn])) for fn in (embed_command, index_command))
-  return [("saved_model", EMBED_ROW, batch, seconds / embed_wall,
-           None, embed_load),
-          ("saved_model", INDEX_ROW, batch,
-           seconds / index_wall, None, index_load)]
+  return [("saved_model", EMBED_ROW, batch, seconds / embed_wall, None, embed_load),
+          ("saved_model", INDEX_ROW, batch, seconds / index_wall, None, index_load)]
 
 
 def child(export_dir, args, front_end):

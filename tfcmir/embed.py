@@ -13,7 +13,8 @@ Writes to DIR (tfcmir/embeddings.py): embeddings.npy (files, D), the mean of eac
 embeddings; index.csv (row, path, patches, first_patch, padded); with --per_patch,
 patch_embeddings.npy (all patches, D). Or, with --embed_format=npz, the same arrays in one
 embeddings.npz. Unreadable files are skipped and listed. With --runner, the same work runs as an
-Apache Beam pipeline (tfcmir/beam/embed.py).
+Apache Beam pipeline (tfcmir/beam/embed.py). From Python, the local work is
+`tfcmir.embed.embed(export_dir, paths, out)`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,19 @@ from tfcmir import flags as tfcmir_flags
 from tfcmir.errors import InputError
 
 FLAGS = flags.FLAGS
+
+
+def embed(export_dir, paths, out, artifact="saved_model", batch_patches=64, strict=False,
+          per_patch=False, fmt="npy", progress=True):
+  """Audio files -> an embeddings folder `out` (tfcmir/embeddings.py), on this machine.
+
+  Returns (rows, skipped [(path, reason)], the encoder: its guard lists off-distribution files).
+  """
+  encoder = inference.Encoder(export_dir, artifact, strict=strict)
+  rows, patch_embeddings, skipped = inference.embed_files(paths, encoder, batch_patches, progress)
+  inference.check_some_read(paths, skipped)
+  embeddings.write_outputs(out, rows, patch_embeddings, per_patch, fmt)
+  return rows, skipped, encoder
 
 
 def main(argv):
@@ -48,10 +62,8 @@ def main(argv):
                          FLAGS.beam_timeout_s))
     return
   started = time.time()
-  encoder = inference.Encoder(FLAGS.embed_model, FLAGS.artifact, strict=FLAGS.strict)
-  rows, per_patch, skipped = inference.embed_files(paths, encoder, FLAGS.embed_batch)
-  inference.check_some_read(paths, skipped)
-  embeddings.write_outputs(FLAGS.out, rows, per_patch, FLAGS.per_patch, FLAGS.embed_format)
+  rows, skipped, encoder = embed(FLAGS.embed_model, paths, FLAGS.out, FLAGS.artifact, FLAGS.embed_batch,
+                                 FLAGS.strict, FLAGS.per_patch, FLAGS.embed_format)
   elapsed = time.time() - started
   audio_seconds = sum(r["seconds"] for r in rows)
   print(f"embedded {len(rows)} files ({sum(r['patches'] for r in rows)} patches, "
